@@ -1,0 +1,69 @@
+"""The ``mllm`` command line: one sub-command per task, each a thin call into the package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _recipe_check(args: argparse.Namespace) -> int:
+    from mllm.config import RecipeError, dump_recipe, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(dump_recipe(recipe), end="")
+    return 0
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from mllm import tiny
+
+    return tiny.main(args.rest) or 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from mllm.demo import shapes
+
+    return shapes.main(args.rest) or 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mllm.eval.run import main as eval_main
+
+    return eval_main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mllm", description="Train and use multimodal LLMs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    recipe = commands.add_parser("recipe", help="work with recipe files")
+    recipe_commands = recipe.add_subparsers(dest="recipe_command", required=True)
+    check = recipe_commands.add_parser("check", help="validate a recipe and print it resolved")
+    check.add_argument("recipe")
+    check.add_argument("overrides", nargs="*", help="key.sub=value")
+    check.set_defaults(func=_recipe_check)
+
+    for name, func, help_text in (
+        ("make-tiny", _make_tiny, "save tiny random CLIP/SigLIP/Llama model folders (no download)"),
+        ("demo-data", _demo_data, "generate the synthetic shapes visual-QA dataset"),
+        ("eval", _eval, "answer LLaVA-format questions with a checkpoint and score them"),
+    ):
+        sub = commands.add_parser(name, help=help_text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

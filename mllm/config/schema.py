@@ -1,0 +1,138 @@
+"""Typed recipe schema: what a YAML recipe may say, with defaults and types.
+
+Component sections (``model.vision``, ``model.projector``) are validated against the config
+class their implementation registered, so each component declares its own options in its own
+file. Cross-field rules (batch sizes that divide, stages that exist) live in ``checks.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny
+
+TuneMode = Literal["frozen", "full"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def _as_list(value: object) -> object:
+    """Let a recipe write ``feature_layer: -2`` where a list of layers is also allowed."""
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class StrictModel(BaseModel):
+    """Base for recipe sections: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ComponentConfig(StrictModel):
+    """Options of a registered component; ``name`` selects the implementation."""
+
+    name: str
+
+
+class VisionTowerConfig(ComponentConfig):
+    """Options shared by every vision tower."""
+
+    path: str = Field(description="hub id or local folder, loaded with from_pretrained")
+    feature_layer: Annotated[list[int], BeforeValidator(_as_list)] = Field(
+        default_factory=lambda: [-2],
+        description="hidden-state index (or list, concatenated on the channel axis); LLaVA uses -2",
+    )
+    select: Literal["patch", "cls_patch"] = Field(
+        default="patch", description="'patch' drops the CLS token, 'cls_patch' keeps it"
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        default=None, description="defaults to the LLM's choice"
+    )
+
+
+class ProjectorConfig(ComponentConfig):
+    """Options shared by every projector (subclasses add their own)."""
+
+
+class LLMConfig(StrictModel):
+    path: str = Field(description="hub id or local folder of a transformers causal LM")
+    family: str = Field(description="exact family name from mllm.models.families (llama, vicuna, ...)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+
+
+class ModelConfig(StrictModel):
+    vision: SerializeAsAny[VisionTowerConfig]
+    projector: SerializeAsAny[ProjectorConfig]
+    llm: LLMConfig
+    image_token: str = Field(default="<image>", description="marker in data; one special token")
+
+
+class DataConfig(StrictModel):
+    path: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
+        description="LLaVA-format .json or .jsonl file(s)"
+    )
+    image_folder: str | None = Field(default=None, description="image paths are relative to it")
+    template: str | None = Field(default=None, description="defaults to the LLM family's template")
+    image_aspect_ratio: Literal["pad", "crop", "resize"] = Field(
+        default="pad",
+        description="pad: square with the mean colour (LLaVA-1.5); crop: the processor's "
+        "resize+center-crop; resize: stretch to the tower's size",
+    )
+    max_length: int = Field(default=2048, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+
+
+class TrainConfig(StrictModel):
+    """How each component is tuned in a stage."""
+
+    vision: TuneMode = "frozen"
+    projector: TuneMode = "full"
+    llm: TuneMode = "frozen"
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(gt=0)
+    projector_lr: float | None = Field(default=None, gt=0, description="defaults to lr")
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+
+class StageConfig(StrictModel):
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optim: OptimConfig
+    init_from: str | None = Field(
+        default=None,
+        description="'stage:NAME' for an earlier stage of this recipe, or a stage output folder",
+    )
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0, description="optimizer steps; overrides epochs")
+    global_batch_size: int = Field(gt=0)
+    micro_batch_size: int = Field(gt=0, description="per device")
+    precision: Precision = "bf16"
+    zero_config: str | None = Field(default=None, description="DeepSpeed JSON with ZeRO settings")
+    gradient_checkpointing: bool = False
+    save_every: int | None = Field(default=None, gt=0, description="resumable checkpoint period")
+    keep_checkpoints: int = Field(default=2, gt=0, description="periodic checkpoints kept")
+    log_every: int = Field(default=1, gt=0)
+
+
+class LoggingConfig(StrictModel):
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str | None = None
+
+
+class RecipeConfig(StrictModel):
+    name: str
+    output_dir: str = Field(description="each stage writes to OUTPUT_DIR/STAGE_NAME")
+    seed: int = 42
+    model: ModelConfig
+    stages: dict[str, StageConfig] = Field(min_length=1, description="run in the order written")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def stage_output_dir(self, stage: str) -> str:
+        return f"{self.output_dir.rstrip('/')}/{stage}"

@@ -1,0 +1,356 @@
+"""Conversation templates: how a LLaVA conversation becomes text, and which parts are trained.
+
+A template renders a conversation into :class:`Segment` s; ``is_target`` marks exactly the text
+that gets labels (each assistant reply plus its end-of-turn token), so label masking is decided
+on characters here and mapped to tokens once, in ``tokenize.py``. The ``generation_prompt`` of a
+conversation is, token for token, a prefix of its training rendering, so a model sees at
+inference the same tokens it was trained on.
+
+BOS: no template writes a BOS token. Tokenizers of every supported family add their own when
+called with ``add_special_tokens=True`` (Llama/Vicuna ``<s>``, Llama-3 ``<|begin_of_text|>``;
+Qwen has none), so writing it here would double it. ``tokenize.py`` rejects a doubled BOS.
+
+Conversations use LLaVA's format: a list of ``{"from": ..., "value": ...}`` turns with roles
+``human``/``gpt`` (``user``/``assistant`` are accepted too) alternating from ``human``; a leading
+``system`` turn replaces the template's default system prompt (an empty one removes it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mllm.registry import Registry
+
+DEFAULT_IMAGE_TOKEN = "<image>"
+
+_USER_ROLES = frozenset({"human", "user"})
+_ASSISTANT_ROLES = frozenset({"gpt", "assistant"})
+_SYSTEM_ROLE = "system"
+
+
+class ConversationError(ValueError):
+    """A conversation that no template can render: bad roles, order, or types."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A piece of rendered text; ``is_target`` pieces get labels, the rest get -100."""
+
+    text: str
+    is_target: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One user turn and the assistant reply to it (``None`` while it is being generated)."""
+
+    user: str
+    assistant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedConversation:
+    """A validated conversation: the system override (``None`` = default) and its exchanges."""
+
+    system: str | None
+    exchanges: tuple[Exchange, ...]
+
+
+def parse_conversation(
+    conversation: Sequence[Mapping[str, Any]], *, for_generation: bool = False
+) -> ParsedConversation:
+    """Check roles and types and pair turns into exchanges.
+
+    Args:
+        conversation: LLaVA turns, ``{"from": role, "value": text}``.
+        for_generation: the conversation must end with a user turn (the one to answer)
+            instead of an assistant reply.
+
+    Returns:
+        The system override and the exchanges; the last exchange's ``assistant`` is ``None``
+        when ``for_generation``.
+
+    Raises:
+        ConversationError: for a non-list, a turn without a string ``from``/``value``, an
+            unknown role, a system turn after the first, roles that do not alternate
+            human/gpt from human, or the wrong final role.
+    """
+    if isinstance(conversation, (str, bytes)) or not isinstance(conversation, Sequence):
+        raise ConversationError(
+            f"a conversation is a list of turns, got {type(conversation).__name__}"
+        )
+    turns: list[tuple[str, str]] = []
+    for index, turn in enumerate(conversation):
+        if not isinstance(turn, Mapping):
+            raise ConversationError(f"turn {index} is a {type(turn).__name__}, not a dict")
+        for key in ("from", "value"):
+            if key not in turn:
+                raise ConversationError(f"turn {index} has no {key!r} key")
+            if not isinstance(turn[key], str):
+                raise ConversationError(
+                    f"turn {index} {key!r} is a {type(turn[key]).__name__}, not a string"
+                )
+        role = turn["from"].lower()
+        if role in _USER_ROLES:
+            turns.append(("user", turn["value"]))
+        elif role in _ASSISTANT_ROLES:
+            turns.append(("assistant", turn["value"]))
+        elif role == _SYSTEM_ROLE:
+            if index != 0:
+                raise ConversationError(f"turn {index} is a system turn; only turn 0 may be one")
+            turns.append(("system", turn["value"]))
+        else:
+            raise ConversationError(
+                f"turn {index} has unknown role {turn['from']!r}; use human/user, "
+                "gpt/assistant, or system (first turn only)"
+            )
+
+    system = None
+    offset = 0
+    if turns and turns[0][0] == "system":
+        system = turns[0][1]
+        offset = 1
+    body = turns[offset:]
+    if not body:
+        raise ConversationError("the conversation has no human/gpt turns")
+    for position, (role, _) in enumerate(body):
+        expected = "user" if position % 2 == 0 else "assistant"
+        if role != expected:
+            wanted = "human" if expected == "user" else "gpt"
+            raise ConversationError(
+                f"turn {position + offset} is from {conversation[position + offset]['from']!r} "
+                f"but a {wanted!r} turn was expected: roles must alternate human/gpt, "
+                "starting with human (after an optional system turn)"
+            )
+    last = body[-1][0]
+    if for_generation and last != "user":
+        raise ConversationError("a generation prompt needs a conversation that ends with human")
+    if not for_generation and last != "assistant":
+        raise ConversationError(
+            "a training conversation must end with a gpt turn (a final human turn has no reply "
+            "to learn)"
+        )
+    exchanges = tuple(
+        Exchange(body[i][1], body[i + 1][1] if i + 1 < len(body) else None)
+        for i in range(0, len(body), 2)
+    )
+    return ParsedConversation(system, exchanges)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A chat format, described by its literal pieces.
+
+    Rendering is ``system_format`` (if a system prompt is set), then per exchange
+    ``user_format``, ``assistant_prefix``, the reply + ``assistant_end`` (the trained part)
+    and ``assistant_suffix``. A generation prompt ends with ``generation_prefix`` instead.
+
+    Attributes:
+        name: the registry name recipes use.
+        system_format: ``{system}`` is replaced by the system prompt; ``""`` means the
+            format has no system prompt (a system turn is then an error).
+        user_format: ``{content}`` is replaced by the user's text.
+        assistant_prefix: the assistant header before each reply (not trained).
+        assistant_end: the end-of-turn text after each reply; trained with the reply, so the
+            model learns to stop.
+        assistant_suffix: untrained text after ``assistant_end`` (ChatML's newline).
+        generation_prefix: what a generation prompt ends with; ``None`` = ``assistant_prefix``.
+            Vicuna differs: training has ``"ASSISTANT: "`` + reply, but a prompt ending in a
+            space would tokenize the space on its own, unlike in training.
+        default_system: system prompt used when the conversation gives none.
+        strip_content: strip whitespace around every message (Llama-3's chat template trims).
+        caption_only: LLaVA pretraining (``plain``): exactly one exchange; the human turn is
+            reduced to its image markers and only the caption is trained.
+        stop_strings: strings that end generation.
+        special_tokens: strings that must be single tokens of the tokenizer; the model builder
+            adds the ones a tokenizer lacks.
+    """
+
+    name: str
+    system_format: str
+    user_format: str
+    assistant_prefix: str
+    assistant_end: str
+    assistant_suffix: str = ""
+    generation_prefix: str | None = None
+    default_system: str = ""
+    strip_content: bool = False
+    caption_only: bool = False
+    stop_strings: tuple[str, ...] = ()
+    special_tokens: tuple[str, ...] = ()
+
+    def render(
+        self,
+        conversation: Sequence[Mapping[str, Any]],
+        *,
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+    ) -> list[Segment]:
+        """Render a training conversation (ending with a gpt turn) into segments.
+
+        Args:
+            conversation: LLaVA turns.
+            image_token: the image marker (only ``caption_only`` templates look for it).
+
+        Returns:
+            Non-empty segments in order; adjacent segments never share ``is_target``.
+
+        Raises:
+            ConversationError: see :func:`parse_conversation`; also for a ``caption_only``
+                template given anything but one exchange with an image marker, or a system
+                turn for a template without a system prompt.
+        """
+        parsed = self._parse(conversation, image_token, for_generation=False)
+        return _merge(self._prefix_segments(parsed, image_token))
+
+    def generation_prompt(
+        self,
+        conversation: Sequence[Mapping[str, Any]],
+        *,
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+    ) -> str:
+        """Render a conversation that ends with a human turn, up to the assistant header.
+
+        Raises:
+            ConversationError: as :meth:`render`, with the final turn from human instead.
+        """
+        parsed = self._parse(conversation, image_token, for_generation=True)
+        segments = self._prefix_segments(parsed, image_token)
+        return "".join(segment.text for segment in segments)
+
+    def _parse(
+        self, conversation: Sequence[Mapping[str, Any]], image_token: str, *, for_generation: bool
+    ) -> ParsedConversation:
+        parsed = parse_conversation(conversation, for_generation=for_generation)
+        if parsed.system is not None and not self.system_format:
+            raise ConversationError(f"the {self.name!r} template has no system prompt")
+        if self.caption_only:
+            if len(parsed.exchanges) != 1:
+                raise ConversationError(
+                    f"the {self.name!r} template takes exactly one human turn and one gpt "
+                    f"turn (an image and its caption), got {len(parsed.exchanges)} exchanges"
+                )
+            if image_token not in parsed.exchanges[0].user:
+                raise ConversationError(
+                    f"the {self.name!r} template needs {image_token!r} in the human turn"
+                )
+        return parsed
+
+    def _prefix_segments(self, parsed: ParsedConversation, image_token: str) -> list[Segment]:
+        """Segments for all exchanges; an unanswered last exchange ends with the prompt."""
+        segments: list[Segment] = []
+        system = self.default_system if parsed.system is None else parsed.system
+        if self.strip_content:
+            system = system.strip()
+        if system and self.system_format:
+            segments.append(Segment(self.system_format.format(system=system), False))
+        for exchange in parsed.exchanges:
+            user = exchange.user
+            if self.caption_only:
+                # LLaVA pretraining drops the prompt text and keeps only the image.
+                user = image_token * user.count(image_token)
+            elif self.strip_content:
+                user = user.strip()
+            segments.append(Segment(self.user_format.format(content=user), False))
+            if exchange.assistant is None:
+                prefix = self.generation_prefix
+                segments.append(Segment(self.assistant_prefix if prefix is None else prefix, False))
+                break
+            reply = exchange.assistant.strip() if self.strip_content else exchange.assistant
+            segments.append(Segment(self.assistant_prefix, False))
+            segments.append(Segment(reply + self.assistant_end, True))
+            segments.append(Segment(self.assistant_suffix, False))
+        return segments
+
+
+def _merge(segments: list[Segment]) -> list[Segment]:
+    """Drop empty segments and join neighbours with the same ``is_target``."""
+    merged: list[Segment] = []
+    for segment in segments:
+        if not segment.text:
+            continue
+        if merged and merged[-1].is_target == segment.is_target:
+            merged[-1] = Segment(merged[-1].text + segment.text, segment.is_target)
+        else:
+            merged.append(segment)
+    return merged
+
+
+TEMPLATES: Registry[Template] = Registry("conversation template")
+
+
+def _register(template: Template) -> Template:
+    return TEMPLATES.register(template.name)(template)
+
+
+# LLaVA-1.5 pretraining (conv_llava_plain + preprocess_plain): "<image>" + caption + "\n".
+PLAIN = _register(
+    Template(
+        name="plain",
+        system_format="",
+        user_format="{content}",
+        assistant_prefix="",
+        assistant_end="\n",
+        caption_only=True,
+        stop_strings=("\n",),
+    )
+)
+
+# LLaVA-1.5 instruction tuning (conv_vicuna_v1, SeparatorStyle.TWO, sep " ", sep2 "</s>"):
+# "SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT: a2</s>"; LLaVA's prompt ends "ASSISTANT:".
+VICUNA_V1 = _register(
+    Template(
+        name="vicuna_v1",
+        system_format="{system} ",
+        user_format="USER: {content} ",
+        assistant_prefix="ASSISTANT: ",
+        assistant_end="</s>",
+        generation_prefix="ASSISTANT:",
+        default_system=(
+            "A chat between a curious user and an artificial intelligence assistant. "
+            "The assistant gives helpful, detailed, and polite answers to the user's questions."
+        ),
+        stop_strings=("</s>",),
+        special_tokens=("</s>",),
+    )
+)
+
+# Meta's Llama-3-Instruct chat template (messages trimmed; no default system prompt).
+LLAMA3 = _register(
+    Template(
+        name="llama3",
+        system_format="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+        user_format="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n",
+        assistant_end="<|eot_id|>",
+        strip_content=True,
+        stop_strings=("<|eot_id|>",),
+        special_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    )
+)
+
+# Qwen2's ChatML: "<|im_start|>role\ntext<|im_end|>\n"; the newline after <|im_end|> is
+# scaffolding for the next turn, so it is not trained.
+CHATML = _register(
+    Template(
+        name="chatml",
+        system_format="<|im_start|>system\n{system}<|im_end|>\n",
+        user_format="<|im_start|>user\n{content}<|im_end|>\n",
+        assistant_prefix="<|im_start|>assistant\n",
+        assistant_end="<|im_end|>",
+        assistant_suffix="\n",
+        default_system="You are a helpful assistant.",
+        stop_strings=("<|im_end|>",),
+        special_tokens=("<|im_start|>", "<|im_end|>"),
+    )
+)
+
+
+def get_template(name: str) -> Template:
+    """The template registered as ``name``.
+
+    Raises:
+        UnknownComponentError: for an unknown name; the message lists the choices.
+    """
+    return TEMPLATES.get(name).target

@@ -1,0 +1,216 @@
+"""Conversation -> token ids and labels, tokenizing the rendered text exactly once.
+
+LLaVA tokenizes each round separately and counts tokens to place the label mask, which
+breaks whenever merges across round boundaries differ (its "tokenization mismatch" warning,
+after which the whole sample is silently trained on nothing). Here the template marks target
+characters, the joined text is tokenized once with offsets, and a token is labelled iff its
+characters overlap a target span: the ids are the ones inference sees, and a reply's first
+token is labelled even when it also carries the preceding space (as LLaVA labels ``"▁A"`` after
+``"ASSISTANT:"``). Tokens the tokenizer adds itself (BOS) have empty spans and stay -100.
+
+Each image marker (a special token of the tokenizer) becomes ``num_image_tokens`` copies of
+its id, all -100, which the model replaces with projected image features.
+
+Over-long samples: the tail is cut to ``max_length`` only if every image block stays whole
+(a cut block, or a lost image, would no longer match the sample's pixel values) and at least
+one label remains at a position the loss uses (position 0 is never predicted). Otherwise the
+sample is returned as :class:`DroppedSample` with the reason, for the dataset to exclude and
+report; a sample whose labels are all -100 is never returned.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from mllm.data.templates import ConversationError, Template
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedSample:
+    """A trainable sample: ``labels[i]`` is ``input_ids[i]`` or -100; same length."""
+
+    input_ids: list[int]
+    labels: list[int]
+    num_images: int
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedSample:
+    """A sample that cannot be trained on as is, and why."""
+
+    reason: str
+
+
+def render_text(
+    conversation: Sequence[Mapping[str, Any]], template: Template, *, image_token: str
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation to one string and the ``[start, end)`` spans of its targets.
+
+    Raises:
+        ConversationError: if the template cannot render the conversation.
+    """
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
+    position = 0
+    for segment in template.render(conversation, image_token=image_token):
+        if segment.is_target:
+            spans.append((position, position + len(segment.text)))
+        pieces.append(segment.text)
+        position += len(segment.text)
+    return "".join(pieces), spans
+
+
+def check_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, template: Template, *, image_token: str
+) -> int:
+    """Check the tokenizer can serve ``template`` and return the image token's id.
+
+    Raises:
+        TypeError: for a slow (Python) tokenizer, which has no offset mapping.
+        ValueError: if the image marker or a template token is not one unsplittable token
+            (the model builder adds them; tests use ``tokenizer.add_tokens(...,
+            special_tokens=True)``).
+    """
+    return _checked_image_token_id(tokenizer, len(tokenizer), template, image_token)
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_image_token_id(
+    tokenizer: PreTrainedTokenizerBase, vocab_size: int, template: Template, image_token: str
+) -> int:
+    # vocab_size is part of the cache key so that adding tokens re-runs the check.
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is a slow tokenizer; label masking needs the offset "
+            "mapping of a fast (Rust) tokenizer: load it with AutoTokenizer.from_pretrained"
+        )
+    for text in (image_token, *template.special_tokens):
+        # Inside other text too: a plain vocabulary entry could still merge with neighbours.
+        ids = tokenizer.encode(f"a{text}b", add_special_tokens=False)
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if token_id is None or token_id == tokenizer.unk_token_id or ids.count(token_id) != 1:
+            raise ValueError(
+                f"{text!r} (needed by the {template.name!r} template or as the image marker) "
+                "is not a single special token of the tokenizer; add it with "
+                f"tokenizer.add_tokens([{text!r}], special_tokens=True) and resize the "
+                "embeddings"
+            )
+    return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def tokenize_conversation(
+    conversation: Sequence[Mapping[str, Any]],
+    template: Template,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    image_token: str,
+    num_image_tokens: int,
+    max_length: int,
+) -> TokenizedSample | DroppedSample:
+    """Render, tokenize once, label the target tokens and expand image markers.
+
+    Args:
+        conversation: LLaVA turns; image markers already where the images go.
+        template: how to render the turns and which parts are targets.
+        tokenizer: a fast tokenizer with ``image_token`` and ``template.special_tokens`` as
+            single tokens; it adds its own BOS (templates never write one).
+        image_token: the image marker string.
+        num_image_tokens: placeholders per image (the projector's ``num_output_tokens``).
+        max_length: longest sample kept, counted after image expansion.
+
+    Returns:
+        The sample, or a :class:`DroppedSample` if it is too long to truncate safely.
+
+    Raises:
+        ConversationError: for a conversation the template cannot render, or an image
+            marker inside a gpt reply.
+        TypeError, ValueError: for an unsuitable tokenizer (see :func:`check_tokenizer`),
+            a tokenizer that doubles BOS, or a non-positive ``num_image_tokens`` /
+            ``max_length``.
+    """
+    if num_image_tokens < 1 or max_length < 1:
+        raise ValueError(
+            f"num_image_tokens ({num_image_tokens}) and max_length ({max_length}) must be >= 1"
+        )
+    image_id = check_tokenizer(tokenizer, template, image_token=image_token)
+    text, spans = render_text(conversation, template, image_token=image_token)
+    encoding = tokenizer(
+        text, add_special_tokens=True, return_offsets_mapping=True, return_attention_mask=False
+    )
+    ids: list[int] = encoding["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        raise ValueError(
+            f"the sample starts with BOS twice: the text starts with {tokenizer.bos_token!r} "
+            "and the tokenizer adds its own; templates must not write BOS"
+        )
+    labels = _label_targets(ids, encoding["offset_mapping"], spans)
+    return _expand_and_fit(ids, labels, image_id, num_image_tokens, max_length)
+
+
+def _label_targets(
+    ids: list[int], offsets: Sequence[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
+    """``ids[i]`` where token i's characters overlap a target span, else -100."""
+    labels = [IGNORE_INDEX] * len(ids)
+    span = 0
+    for position, (start, end) in enumerate(offsets):
+        if start >= end:  # added by the tokenizer (BOS/EOS): no characters
+            continue
+        # Offsets are in text order, so spans that end before this token are done with.
+        while span < len(spans) and spans[span][1] <= start:
+            span += 1
+        if span == len(spans):
+            break
+        if spans[span][0] < end:
+            labels[position] = ids[position]
+    return labels
+
+
+def _expand_and_fit(
+    ids: list[int], labels: list[int], image_id: int, num_image_tokens: int, max_length: int
+) -> TokenizedSample | DroppedSample:
+    """Expand each image id into a block of placeholders, then truncate or drop."""
+    markers = [position for position, token in enumerate(ids) if token == image_id]
+    if any(labels[position] != IGNORE_INDEX for position in markers):
+        raise ConversationError("an image marker is inside a gpt reply; images go in human turns")
+    input_ids: list[int] = []
+    out_labels: list[int] = []
+    blocks: list[tuple[int, int]] = []  # [start, end) of each image's placeholders
+    previous = 0
+    for position in markers:
+        input_ids.extend(ids[previous:position])
+        out_labels.extend(labels[previous:position])
+        blocks.append((len(input_ids), len(input_ids) + num_image_tokens))
+        input_ids.extend([image_id] * num_image_tokens)
+        out_labels.extend([IGNORE_INDEX] * num_image_tokens)
+        previous = position + 1
+    input_ids.extend(ids[previous:])
+    out_labels.extend(labels[previous:])
+
+    length = len(input_ids)
+    if length > max_length:
+        for number, (start, end) in enumerate(blocks, start=1):
+            if end > max_length:
+                return DroppedSample(
+                    f"{length} tokens > max_length {max_length}, and truncating would cut image "
+                    f"{number} of {len(blocks)} (its tokens are {start}..{end - 1})"
+                )
+        input_ids = input_ids[:max_length]
+        out_labels = out_labels[:max_length]
+    # Position 0 is never predicted, so a label there alone would leave an empty loss.
+    if all(label == IGNORE_INDEX for label in out_labels[1:]):
+        if length > max_length:
+            return DroppedSample(
+                f"{length} tokens > max_length {max_length}, and no target token would remain "
+                f"in the first {max_length}"
+            )
+        return DroppedSample("no target tokens (nothing to learn from this sample)")
+    return TokenizedSample(input_ids, out_labels, len(blocks))

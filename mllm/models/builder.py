@@ -1,0 +1,84 @@
+"""Assemble a MultimodalModel and its tokenizer from the ``model`` section of a recipe."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mllm.config.schema import ModelConfig, RecipeConfig, StageConfig
+from mllm.models.families import get_family
+from mllm.models.llm import load_llm, load_tokenizer
+from mllm.models.multimodal import MultimodalModel
+from mllm.models.registry import PROJECTORS, VISION_TOWERS
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class BuiltModel:
+    model: MultimodalModel
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: object
+
+
+def stage_template(recipe: RecipeConfig, stage: StageConfig) -> str:
+    """The stage's template, or the LLM family's default."""
+    return stage.data.template or get_family(recipe.model.llm.family).template
+
+
+def special_tokens_for(recipe: RecipeConfig) -> list[str]:
+    """Template tokens every stage needs, so all stages share one vocabulary."""
+    from mllm.data.templates import TEMPLATES
+
+    tokens: list[str] = []
+    for stage in recipe.stages.values():
+        for token in TEMPLATES.get(stage_template(recipe, stage)).target.special_tokens:
+            if token not in tokens:
+                tokens.append(token)
+    return tokens
+
+
+def build_model(
+    config: ModelConfig, *, dtype: torch.dtype = torch.float32, special_tokens: list[str] = ()
+) -> BuiltModel:
+    """Load the tower and LLM from their paths, build the projector, and join them.
+
+    Args:
+        config: the recipe's ``model`` section.
+        dtype: parameter dtype for the pretrained parts (the projector is built in it too).
+        special_tokens: template tokens that must be single tokens (added when missing).
+
+    Returns:
+        The model, its tokenizer (with the image token added) and the tower's image processor.
+    """
+    attn = config.vision.attn_implementation or config.llm.attn_implementation
+    tower_class = VISION_TOWERS.get(config.vision.name).target
+    vision = tower_class.from_pretrained(config.vision, dtype=dtype, attn_implementation=attn)
+    tokenizer = load_tokenizer(config.llm, config.image_token, list(special_tokens))
+    llm = load_llm(config.llm, dtype=dtype)
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer))
+    llm.config.pad_token_id = tokenizer.pad_token_id
+    projector_class = PROJECTORS.get(config.projector.name).target
+    projector = projector_class(
+        config.projector,
+        vision_dim=vision.hidden_size,
+        llm_dim=llm.config.get_text_config().hidden_size,
+        num_patches=vision.num_patches,
+    ).to(dtype)
+    image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+    model = MultimodalModel(vision, projector, llm, image_token_id=image_token_id)
+    logger.info(
+        "built %s tower (%d patches) -> %s projector (%d tokens per image) -> %s LLM",
+        config.vision.name,
+        vision.num_patches,
+        config.projector.name,
+        projector.num_output_tokens,
+        config.llm.family,
+    )
+    return BuiltModel(model, tokenizer, vision.image_processor)

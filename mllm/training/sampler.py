@@ -1,0 +1,72 @@
+"""Deterministic, resumable assignment of samples to ranks and micro-batches.
+
+The order is a pure function of (seed, epoch), so the data position of a run is just its
+optimizer step: resuming at step ``s`` replays exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """This rank's micro-batches of dataset indices, from ``start_step`` to ``total_steps``.
+
+    Each optimizer step consumes ``micro_batch_size * world_size * accumulation`` samples of a
+    seeded permutation; a last partial step of an epoch is dropped so every step is full.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        micro_batch_size: int,
+        accumulation: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        total_steps: int,
+        start_step: int = 0,
+    ) -> None:
+        self.num_samples = num_samples
+        self.micro_batch_size = micro_batch_size
+        self.accumulation = accumulation
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.samples_per_step = micro_batch_size * world_size * accumulation
+        self.steps_per_epoch = num_samples // self.samples_per_step
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the dataset has {num_samples} samples, fewer than one global batch "
+                f"({self.samples_per_step}); lower global_batch_size or add data"
+            )
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.accumulation
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, order = -1, []
+        for step in range(self.start_step, self.total_steps):
+            if step // self.steps_per_epoch != epoch:
+                epoch = step // self.steps_per_epoch
+                order = self.order(epoch)
+            base = (step % self.steps_per_epoch) * self.samples_per_step
+            for micro in range(self.accumulation):
+                start = base + (micro * self.world_size + self.rank) * self.micro_batch_size
+                yield order[start : start + self.micro_batch_size]
+
+
+def total_optimizer_steps(num_samples: int, samples_per_step: int, epochs: float, max_steps: int | None) -> int:
+    if max_steps is not None:
+        return max_steps
+    return max(1, int(epochs * (num_samples // samples_per_step)))

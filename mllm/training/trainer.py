@@ -1,0 +1,254 @@
+"""The optimisation loop of one stage on a DeepSpeed engine, with resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from mllm.config import RecipeConfig, dump_recipe
+from mllm.models.builder import BuiltModel
+from mllm.training import checkpoint as ckpt
+from mllm.training.deepspeed_config import offloads_optimizer
+from mllm.training.distributed import Runtime, all_reduce_sum, barrier
+from mllm.training.metrics import MetricsLogger
+from mllm.training.sampler import StepBatchSampler, total_optimizer_steps
+from mllm.training.stage import parameter_groups
+
+logger = logging.getLogger(__name__)
+
+ENGINE_TAG = "state"
+
+
+class Trainer:
+    """Runs one stage: steps, logging, periodic checkpoints, resume and the final save.
+
+    Args:
+        recipe: the validated recipe.
+        stage_name: which of its stages this is.
+        built: the model (stage already applied), tokenizer and image processor.
+        dataset: yields samples the ``collator`` turns into model inputs.
+        ds_config: the full DeepSpeed config (see ``build_deepspeed_config``).
+        runtime: this process's rank and device.
+        saved_components: components whose weights the outputs must hold (trained now or earlier).
+    """
+
+    def __init__(
+        self,
+        *,
+        recipe: RecipeConfig,
+        stage_name: str,
+        built: BuiltModel,
+        dataset: Dataset,
+        collator,
+        ds_config: dict,
+        runtime: Runtime,
+        saved_components: list[str],
+    ) -> None:
+        import deepspeed
+
+        self.recipe = recipe
+        self.stage_name = stage_name
+        self.stage = recipe.stages[stage_name]
+        self.built = built
+        self.dataset = dataset
+        self.collator = collator
+        self.runtime = runtime
+        self.saved_components = saved_components
+        self.out_dir = Path(recipe.stage_output_dir(stage_name))
+        self.accumulation = ds_config["gradient_accumulation_steps"]
+        self.total_steps = total_optimizer_steps(
+            len(dataset), self.stage.global_batch_size, self.stage.epochs, self.stage.max_steps
+        )
+        optim = self.stage.optim
+        groups = parameter_groups(built.model, optim)
+        optimizer = None
+        if not offloads_optimizer(ds_config):
+            optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+        warmup = math.ceil(optim.warmup_ratio * self.total_steps)
+        scheduler_name = {"constant": "constant_with_warmup"}.get(optim.scheduler, optim.scheduler)
+
+        def make_scheduler(opt):
+            return get_scheduler(scheduler_name, opt, num_warmup_steps=warmup, num_training_steps=self.total_steps)
+
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=built.model,
+            optimizer=optimizer,
+            model_parameters=groups if optimizer is None else None,
+            lr_scheduler=make_scheduler,
+            config=ds_config,
+        )
+        self.step = 0
+        self.metrics = MetricsLogger(self.out_dir, recipe.logging, f"{recipe.name}/{stage_name}", runtime.is_main)
+
+    # ------------------------------------------------------------------ data
+    def _loader(self) -> DataLoader:
+        sampler = StepBatchSampler(
+            len(self.dataset),
+            micro_batch_size=self.stage.micro_batch_size,
+            accumulation=self.accumulation,
+            rank=self.runtime.rank,
+            world_size=self.runtime.world_size,
+            seed=self.recipe.seed,
+            total_steps=self.total_steps,
+            start_step=self.step,
+        )
+        workers = self.stage.data.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=workers,
+            persistent_workers=False,
+            pin_memory=self.runtime.device.type == "cuda",
+            prefetch_factor=2 if workers else None,
+        )
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.runtime.device, non_blocking=True) if v is not None else None for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, float]:
+        """Run from ``self.step`` to the last step; returns the final logged metrics."""
+        model = self.engine
+        model.train()
+        # Frozen components stay in eval mode (dropout off) although the engine switched all to train.
+        for name, mode in self.stage.train.model_dump().items():
+            if mode == "frozen":
+                self.built.model.component(name).eval()
+        progress = tqdm(
+            total=self.total_steps, initial=self.step, disable=not self.runtime.is_main, desc=self.stage_name, dynamic_ncols=True
+        )
+        window = {"loss": 0.0, "micro": 0, "tokens": 0, "start": time.perf_counter()}
+        last: dict[str, float] = {}
+        micro = 0
+        for batch in self._loader():
+            batch = self._to_device(batch)
+            loss = model(**batch).loss
+            model.backward(loss)
+            model.step()
+            window["loss"] += loss.item()
+            window["micro"] += 1
+            window["tokens"] += int(batch["attention_mask"].sum())
+            micro += 1
+            if micro % self.accumulation:
+                continue
+            self.step += 1
+            progress.update(1)
+            if self.step % self.stage.log_every == 0 or self.step == self.total_steps:
+                last = self._log(window, progress)
+                window = {"loss": 0.0, "micro": 0, "tokens": 0, "start": time.perf_counter()}
+            if self.stage.save_every and self.step % self.stage.save_every == 0 and self.step < self.total_steps:
+                self.save_resumable()
+        progress.close()
+        self.metrics.close()
+        return last
+
+    def _log(self, window: dict, progress: tqdm) -> dict[str, float]:
+        loss_sum, micro, tokens = all_reduce_sum(
+            [window["loss"], window["micro"], window["tokens"]], self.runtime.device
+        )
+        elapsed = time.perf_counter() - window["start"]
+        values = {
+            "loss": loss_sum / max(micro, 1),
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": tokens / max(elapsed, 1e-9),
+        }
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            values["grad_norm"] = float(grad_norm)
+        progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
+        self.metrics.log(self.step, values)
+        return values
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.out_dir / "final"
+
+    def _write_loadable(self, folder: Path, metrics: dict[str, float]) -> None:
+        state = ckpt.gather_state_dict(self.built.model, self.saved_components, keep=self.runtime.is_main)
+        if self.runtime.is_main:
+            ckpt.write_weights_and_manifest(
+                folder,
+                state,
+                stage=self.stage_name,
+                step=self.step,
+                components=self.saved_components,
+                metrics=metrics,
+                recipe_yaml=dump_recipe(self.recipe),
+                tokenizer=self.built.tokenizer,
+            )
+
+    def save_final(self, metrics: dict[str, float]) -> Path:
+        """Write ``STAGE/final`` (collective)."""
+        if self.runtime.is_main:
+            ckpt.prepare_staging(self.final_dir)
+        barrier()
+        self._write_loadable(ckpt.staging_path(self.final_dir), metrics)
+        barrier()
+        if self.runtime.is_main:
+            ckpt.commit_staging(self.final_dir)
+            logger.info("saved %s", self.final_dir)
+        barrier()
+        return self.final_dir
+
+    def save_resumable(self) -> Path:
+        """Write ``STAGE/checkpoints/step_N`` with optimizer, scheduler and data position (collective)."""
+        final = self.checkpoint_root / f"step_{self.step:08d}"
+        if self.runtime.is_main:
+            ckpt.prepare_staging(final)
+        barrier()
+        staging = ckpt.staging_path(final)
+        self.engine.save_checkpoint(
+            str(staging / ckpt.ENGINE_DIR), tag=ENGINE_TAG, save_latest=False, exclude_frozen_parameters=True
+        )
+        save_file({"cpu": torch.get_rng_state()}, str(staging / f"rng_state_rank{self.runtime.rank}.safetensors"))
+        if self.runtime.is_main:
+            state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.runtime.world_size}
+            (staging / ckpt.TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
+        self._write_loadable(staging, {})
+        barrier()
+        if self.runtime.is_main:
+            ckpt.commit_staging(final)
+            self._prune_checkpoints()
+            logger.info("saved resumable checkpoint %s", final)
+        barrier()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        keep = self.stage.keep_checkpoints
+        for old in ckpt.list_checkpoints(self.checkpoint_root)[:-keep]:
+            shutil.rmtree(old)
+
+    def resume(self) -> bool:
+        """Continue from the newest complete checkpoint of this stage, if any."""
+        found = ckpt.list_checkpoints(self.checkpoint_root)
+        if not found:
+            return False
+        folder = found[-1]
+        state = json.loads((folder / ckpt.TRAINER_STATE_NAME).read_text())
+        if state["world_size"] != self.runtime.world_size:
+            raise ckpt.CheckpointError(
+                f"{folder} was written by {state['world_size']} processes; resume with the same number "
+                f"(now {self.runtime.world_size}) so the data order stays the same"
+            )
+        self.engine.load_checkpoint(str(folder / ckpt.ENGINE_DIR), tag=ENGINE_TAG, load_module_strict=False)
+        rng = folder / f"rng_state_rank{self.runtime.rank}.safetensors"
+        torch.set_rng_state(load_file(str(rng))["cpu"])
+        self.step = state["step"]
+        logger.info("resumed from %s at step %d of %d", folder, self.step, self.total_steps)
+        return True

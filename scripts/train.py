@@ -1,0 +1,86 @@
+"""Train a recipe's stages: recipe -> model -> stage -> data -> train -> checkpoint.
+
+GPUs:   deepspeed scripts/train.py recipes/llava_v1_5.yaml
+CPU:    mllm make-tiny tiny_models && mllm demo-data demo_data
+        python scripts/train.py recipes/tiny/shapes_mlp.yaml --stage align stages.align.max_steps=5
+Options: --stage NAME (default: every stage in order), --resume, key.sub=value overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mllm.config import load_recipe
+from mllm.data import DataCollator, build_dataset
+from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
+from mllm.training.deepspeed_config import build_deepspeed_config
+from mllm.training.distributed import init_distributed
+from mllm.training.setup import (
+    enable_gradient_checkpointing,
+    register_zero3_loading,
+    resolve_init_from,
+    saved_components,
+    seed_everything,
+)
+from mllm.training.checkpoint import load_weights
+from mllm.training.stage import apply_stage
+from mllm.training.trainer import Trainer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser.add_argument("--stage", action="append", help="stage(s) to run; default: all, in order")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    return parser.parse_args(argv)
+
+
+def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
+    stage = recipe.stages[stage_name]
+    ds_config = build_deepspeed_config(stage, runtime.world_size, f"stages.{stage_name}")
+    init_folder = resolve_init_from(recipe, stage_name)
+    seed_everything(recipe.seed)
+    zero3 = register_zero3_loading(ds_config)  # noqa: F841 - must outlive the model
+    built = build_model(recipe.model, dtype=DTYPES[stage.precision], special_tokens=special_tokens_for(recipe))
+    if init_folder is not None:
+        load_weights(built.model, init_folder)
+    trained = [name for name, mode in stage.train.model_dump().items() if mode != "frozen"]
+    apply_stage(built.model, stage.train)
+    if stage.gradient_checkpointing:
+        enable_gradient_checkpointing(built.model)
+    dataset = build_dataset(stage.data, built, stage_template(recipe, stage), source=f"stages.{stage_name}.data")
+    trainer = Trainer(
+        recipe=recipe,
+        stage_name=stage_name,
+        built=built,
+        dataset=dataset,
+        collator=DataCollator(pad_token_id=built.tokenizer.pad_token_id),
+        ds_config=ds_config,
+        runtime=runtime,
+        saved_components=saved_components(init_folder, trained),
+    )
+    if resume:
+        trainer.resume()
+    metrics = trainer.train()
+    trainer.save_final(metrics)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runtime = init_distributed()
+    logging.basicConfig(
+        level=logging.INFO if runtime.is_main else logging.WARNING,
+        format=f"%(asctime)s [rank {runtime.rank}] %(name)s: %(message)s",
+    )
+    recipe = load_recipe(args.recipe, args.overrides)
+    for stage_name in args.stage or list(recipe.stages):
+        if stage_name not in recipe.stages:
+            raise SystemExit(f"{args.recipe}: no stage {stage_name!r}; stages: {list(recipe.stages)}")
+        train_stage(recipe, stage_name, runtime, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()

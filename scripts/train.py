@@ -12,7 +12,8 @@ import argparse
 import logging
 
 from mllm.config import load_recipe
-from mllm.data import DataCollator, build_dataset
+from mllm.data import DataCollator
+from mllm.data.builder import build_dataset
 from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
 from mllm.training.deepspeed_config import build_deepspeed_config
 from mllm.training.distributed import init_distributed
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage", action="append", help="stage(s) to run; default: all, in order")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
@@ -51,7 +52,7 @@ def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
     apply_stage(built.model, stage.train)
     if stage.gradient_checkpointing:
         enable_gradient_checkpointing(built.model)
-    dataset = build_dataset(stage.data, built, stage_template(recipe, stage), source=f"stages.{stage_name}.data")
+    dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
     trainer = Trainer(
         recipe=recipe,
         stage_name=stage_name,

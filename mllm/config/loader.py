@@ -23,8 +23,8 @@ class RecipeError(ValueError):
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {key}: {reason}" if key else f"{source}: {reason}" for key, reason in problems]
-        super().__init__("invalid recipe\n  " + "\n  ".join(lines))
+        lines = [f"{key}: {reason}" if key else reason for key, reason in problems]
+        super().__init__(f"invalid recipe {source}:\n  " + "\n  ".join(lines))
 
 
 def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

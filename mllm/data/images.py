@@ -19,12 +19,14 @@ EXIF orientation is not applied, like LLaVA, so pixels match checkpoints trained
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers.image_processing_utils import BaseImageProcessor
+
+if TYPE_CHECKING:  # annotations only: keeps `import mllm.data` from loading transformers
+    from transformers.image_processing_utils import BaseImageProcessor
 
 ImageMode = Literal["pad", "crop", "resize"]
 IMAGE_MODES: tuple[str, ...] = ("pad", "crop", "resize")

@@ -36,6 +36,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "cross")
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 BACKGROUND_GRAY = (30, 130)  # inclusive range of the flat background level
+SIZE_RANGE = (0.22, 0.34)  # shape side as a fraction of the image side (a quadrant is 0.5)
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "color": ("What color is the shape?", "What is the color of the shape?", "Which color is it?"),
@@ -86,7 +87,7 @@ class ShapesDataset:
 def sample_scene(rng: random.Random, image_size: int) -> Scene:
     """Draw a random scene whose shape lies entirely inside its quadrant."""
     half = image_size // 2
-    size = rng.randint(round(0.22 * image_size), round(0.34 * image_size))
+    size = rng.randint(round(SIZE_RANGE[0] * image_size), round(SIZE_RANGE[1] * image_size))
     quadrant = rng.choice(QUADRANTS)
     x0 = half if quadrant.endswith("right") else 0
     y0 = half if quadrant.startswith("bottom") else 0

@@ -24,6 +24,7 @@ class BuiltModel:
     model: MultimodalModel
     tokenizer: PreTrainedTokenizerBase
     image_processor: object
+    image_token: str
 
 
 def stage_template(recipe: RecipeConfig, stage: StageConfig) -> str:
@@ -81,4 +82,4 @@ def build_model(
         projector.num_output_tokens,
         config.llm.family,
     )
-    return BuiltModel(model, tokenizer, vision.image_processor)
+    return BuiltModel(model, tokenizer, vision.image_processor, config.image_token)

@@ -42,7 +42,7 @@ class VisionTower(nn.Module):
         encoder = cls.model_class.from_pretrained(
             config.path, dtype=dtype, attn_implementation=attn_implementation
         )
-        processor = AutoImageProcessor.from_pretrained(config.path, use_fast=False)
+        processor = AutoImageProcessor.from_pretrained(config.path, backend="pil")
         return cls(config, encoder, processor)
 
     @property

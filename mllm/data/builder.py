@@ -1,0 +1,23 @@
+"""Build a stage's dataset from its ``data`` section and the assembled model."""
+
+from __future__ import annotations
+
+from mllm.config.schema import DataConfig
+from mllm.data.dataset import ConversationDataset
+from mllm.data.templates import get_template
+from mllm.models.builder import BuiltModel
+
+
+def build_dataset(data: DataConfig, built: BuiltModel, template: str) -> ConversationDataset:
+    """All of ``data.path`` tokenized with ``template``; images expand to the projector's token count."""
+    return ConversationDataset.from_files(
+        data.path,
+        template=get_template(template),
+        tokenizer=built.tokenizer,
+        image_processor=built.image_processor,
+        image_folder=data.image_folder,
+        image_mode=data.image_aspect_ratio,
+        image_token=built.image_token,
+        num_image_tokens=built.model.num_image_tokens,
+        max_length=data.max_length,
+    )

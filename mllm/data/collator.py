@@ -1,0 +1,91 @@
+"""Pad a list of samples into a batch, keeping images in the order their placeholders appear.
+
+The model scatters image features onto placeholder positions in row-major order of the
+flattened batch, so ``pixel_values`` concatenates each sample's images in sample order: that
+is the order of the placeholder blocks for right and left padding alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+
+from mllm.data.tokenize import IGNORE_INDEX
+
+
+class DataCollator:
+    """Batch ``ConversationDataset`` samples, padding to the longest one.
+
+    The attention mask comes from the sample lengths, never from comparing ids with the pad
+    id (which breaks when the pad token is also a real token, e.g. ``<unk>`` or EOS).
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: Literal["right", "left"] = "right") -> None:
+        """
+        Args:
+            pad_token_id: id written into padded input positions.
+            padding_side: ``right`` for training; ``left`` for batched generation.
+
+        Raises:
+            ValueError: for a missing pad id or an unknown side.
+        """
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is None; give the tokenizer a pad token first")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
+        """
+        Args:
+            samples: dicts with ``input_ids`` [T_i], ``labels`` [T_i] and ``pixel_values``
+                [n_i, 3, H, W] or ``None``.
+
+        Returns:
+            ``input_ids`` [B, T] (pad id on padding), ``attention_mask`` [B, T] (1 on tokens),
+            ``labels`` [B, T] (-100 on padding), ``pixel_values`` [sum n_i, 3, H, W] in sample
+            order, or ``None`` when no sample has an image.
+
+        Raises:
+            ValueError: for an empty batch, mismatched ids/labels, or images of different sizes.
+        """
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        longest = max(len(sample["input_ids"]) for sample in samples)
+        batch_size = len(samples)
+        input_ids = torch.full((batch_size, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch_size, longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, longest), dtype=torch.long)
+        images: list[torch.Tensor] = []
+        for row, sample in enumerate(samples):
+            ids, sample_labels = sample["input_ids"], sample["labels"]
+            if ids.shape != sample_labels.shape or ids.ndim != 1:
+                raise ValueError(
+                    f"sample {row}: input_ids {tuple(ids.shape)} and labels "
+                    f"{tuple(sample_labels.shape)} must be equal 1-D shapes"
+                )
+            length = len(ids)
+            span = (
+                slice(0, length) if self.padding_side == "right" else slice(longest - length, None)
+            )
+            input_ids[row, span] = ids
+            labels[row, span] = sample_labels
+            attention_mask[row, span] = 1
+            pixel_values = sample.get("pixel_values")
+            if pixel_values is not None:
+                images.append(pixel_values)  # [n_i, 3, H, W]
+        pixel_values = None
+        if images:
+            shapes = {tuple(image.shape[1:]) for image in images}
+            if len(shapes) != 1:
+                raise ValueError(f"images in one batch must share a size, got {sorted(shapes)}")
+            pixel_values = torch.cat(images)  # [num_images, 3, H, W]
+        return {
+            "input_ids": input_ids,  # [B, T]
+            "attention_mask": attention_mask,  # [B, T]
+            "labels": labels,  # [B, T]
+            "pixel_values": pixel_values,
+        }

@@ -1,0 +1,49 @@
+"""Shared, session-scoped fixtures: a tiny tokenizer and tiny image processors, built offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.image_processing_utils import BaseImageProcessor
+
+from mllm.data.templates import DEFAULT_IMAGE_TOKEN, TEMPLATES
+from mllm.tiny import make_tiny_vision_tower, train_tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+    """The tiny Llama-style tokenizer with ``<image>`` and every template's tokens added.
+
+    Added the way the model builder adds them; tests must not add more tokens to it.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    wanted = [DEFAULT_IMAGE_TOKEN]
+    for name in TEMPLATES.names():
+        wanted.extend(TEMPLATES.get(name).target.special_tokens)
+    vocab = tokenizer.get_vocab()
+    missing = list(dict.fromkeys(token for token in wanted if token not in vocab))
+    tokenizer.add_tokens(missing, special_tokens=True)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def clip_processor(tmp_path_factory: pytest.TempPathFactory) -> BaseImageProcessor:
+    """CLIP processor of a 64-pixel tiny tower: shortest edge 64, centre crop 64x64."""
+    folder = make_tiny_vision_tower(tmp_path_factory.mktemp("clip"), "clip", image_size=64)
+    return AutoImageProcessor.from_pretrained(folder, backend="pil")
+
+
+@pytest.fixture(scope="session")
+def siglip_processor(tmp_path_factory: pytest.TempPathFactory) -> BaseImageProcessor:
+    """SigLIP processor of a 32-pixel tiny tower: stretch to 32x32, mean 0.5."""
+    folder = make_tiny_vision_tower(
+        tmp_path_factory.mktemp("siglip"), "siglip", image_size=32, patch_size=8
+    )
+    return AutoImageProcessor.from_pretrained(folder, backend="pil")

@@ -5,14 +5,16 @@ A record is ``{"id": ..., "image": "a.jpg" | ["a.jpg", "b.jpg"] (optional),
 
 Image markers follow LLaVA: a record with one image has its marker moved to the front of its
 turn (``"<image>\\n" + rest``, as LLaVA's ``preprocess_multimodal`` does, so ``"Q\\n<image>"``
-data trains as LLaVA trained it); a record with images but no marker gets ``"<image>\\n"``
-prepended to its first human turn; multi-image records keep their markers where they are,
-and their count must equal the number of images.
+data trains as LLaVA trained it), or gets ``"<image>\\n"`` prepended to its first human turn
+if it has none; multi-image records keep their markers where they are (interleaved), and
+their count must equal the number of images.
 
-Every record is validated and tokenized once at construction (text only, so it is cheap:
-see ``ConversationDataset``), which decides up front which records survive: over-long ones
-that cannot be truncated safely are excluded and reported in one log line with their reasons,
-never silently replaced by another sample. ``__getitem__`` tokenizes again (the same
+Every record is validated and tokenized once at construction, which decides up front which
+records survive: over-long ones that cannot be truncated safely are excluded and reported in
+one log line with their reasons, never silently replaced by another sample. This pass reads
+no images; it cost ~0.7 ms per record of ~200 text tokens on 2 busy CPU cores (~8 min for
+LLaVA-665k), and its tokenizer calls are batched, so the Rust side uses every core. It also
+gives exact ``lengths`` for length-grouped sampling. ``__getitem__`` tokenizes again (same
 deterministic result) and loads the images, so memory stays at the size of the records.
 """
 
@@ -142,7 +144,7 @@ def place_image_markers(
     turns = [dict(turn) if isinstance(turn, Mapping) else turn for turn in conversation]
     values = [turn.get("value") for turn in turns if isinstance(turn, dict)]
     count = sum(value.count(image_token) for value in values if isinstance(value, str))
-    if num_images and not count:
+    if num_images == 1 and not count:
         first_human = next(
             (
                 i
@@ -207,7 +209,8 @@ class ConversationDataset(Dataset):
             origins: where each record came from, for messages (default: ``<records>``).
 
         Raises:
-            DataError: for a malformed record, naming the file, record index, id and field.
+            DataError: for a malformed record, naming the file, record index, id and field,
+                or when no record is left to train on.
             TypeError, ValueError: for an unsuitable tokenizer, processor or image mode.
         """
         if image_mode not in IMAGE_MODES:
@@ -244,6 +247,12 @@ class ConversationDataset(Dataset):
                 self.has_image.append(sample.num_images > 0)
         if any(self.has_image) and image_processor is None:
             raise ValueError("records have images but no image_processor was given")
+        if not self._kept:
+            files = sorted({origin.file for origin in origins or ()}) or ["<records>"]
+            raise DataError(
+                f"{', '.join(files)}: no trainable records ({len(records)} read, "
+                f"{len(self.dropped)} too long for max_length={max_length})"
+            )
         if self.dropped:
             reasons = Counter(kind for _, kind, _ in self.dropped)
             summary = "; ".join(f"{count} {kind}" for kind, count in reasons.most_common())

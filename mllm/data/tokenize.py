@@ -2,7 +2,7 @@
 
 LLaVA tokenizes each round separately and counts tokens to place the label mask, which
 breaks whenever merges across round boundaries differ (its "tokenization mismatch" warning,
-after which the whole sample is silently trained on nothing). Here the template marks target
+after which every label of the sample is -100 and it trains on nothing). Here the template marks target
 characters, the joined text is tokenized once with offsets, and a token is labelled iff its
 characters overlap a target span: the ids are the ones inference sees, and a reply's first
 token is labelled even when it also carries the preceding space (as LLaVA labels ``"▁A"`` after

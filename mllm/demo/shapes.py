@@ -36,7 +36,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "cross")
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 BACKGROUND_GRAY = (30, 130)  # inclusive range of the flat background level
-SIZE_RANGE = (0.22, 0.34)  # shape side as a fraction of the image side (a quadrant is 0.5)
+# Shape side as a fraction of the image side (a quadrant is 0.5). At 0.22-0.34 a random
+# patch-8 ViT learned shape poorly (~60% held-out) while colour and position were ~100%.
+SIZE_RANGE = (0.34, 0.44)
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "color": ("What color is the shape?", "What is the color of the shape?", "Which color is it?"),
@@ -119,7 +121,7 @@ def render(scene: Scene, image_size: int) -> Image.Image:
     elif scene.shape == "triangle":
         draw.polygon([(cx, top), (right, bottom), (left, bottom)], fill=fill)
     elif scene.shape == "cross":
-        bar = max(2, scene.size // 3)
+        bar = max(2, scene.size // 4)  # thin bars: a thick cross reads like a circle at patch 8
         a = left + (scene.size - bar) // 2
         draw.rectangle((a, top, a + bar - 1, bottom), fill=fill)
         a = top + (scene.size - bar) // 2

@@ -15,6 +15,7 @@ from mllm.config import load_recipe
 from mllm.data import DataCollator
 from mllm.data.builder import build_dataset
 from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
+from mllm.training.checkpoint import load_weights
 from mllm.training.deepspeed_config import build_deepspeed_config
 from mllm.training.distributed import init_distributed
 from mllm.training.setup import (
@@ -24,18 +25,21 @@ from mllm.training.setup import (
     saved_components,
     seed_everything,
 )
-from mllm.training.checkpoint import load_weights
 from mllm.training.stage import apply_stage
 from mllm.training.trainer import Trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     parser.add_argument("--stage", action="append", help="stage(s) to run; default: all, in order")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument(
+        "--local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # deepspeed launcher
     return parser.parse_intermixed_args(argv)
 
 
@@ -45,7 +49,9 @@ def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
     init_folder = resolve_init_from(recipe, stage_name)
     seed_everything(recipe.seed)
     zero3 = register_zero3_loading(ds_config)  # noqa: F841 - must outlive the model
-    built = build_model(recipe.model, dtype=DTYPES[stage.precision], special_tokens=special_tokens_for(recipe))
+    built = build_model(
+        recipe.model, dtype=DTYPES[stage.precision], special_tokens=special_tokens_for(recipe)
+    )
     if init_folder is not None:
         load_weights(built.model, init_folder)
     trained = [name for name, mode in stage.train.model_dump().items() if mode != "frozen"]
@@ -79,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     recipe = load_recipe(args.recipe, args.overrides)
     for stage_name in args.stage or list(recipe.stages):
         if stage_name not in recipe.stages:
-            raise SystemExit(f"{args.recipe}: no stage {stage_name!r}; stages: {list(recipe.stages)}")
+            raise SystemExit(
+                f"{args.recipe}: no stage {stage_name!r}; stages: {list(recipe.stages)}"
+            )
         train_stage(recipe, stage_name, runtime, resume=args.resume)
 
 

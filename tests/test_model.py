@@ -59,7 +59,9 @@ def test_tower_feature_selection(tiny_model_dirs, tower, select, layers, patches
     assert features.shape == (2, patches, width)
     assert b.model.num_image_tokens == patches
     # LLaVA's -2 is the input of the last layer: the hidden state after all but one block.
-    hidden = b.model.vision.encoder(torch.zeros(1, 3, 32, 32), output_hidden_states=True).hidden_states
+    hidden = b.model.vision.encoder(
+        torch.zeros(1, 3, 32, 32), output_hidden_states=True
+    ).hidden_states
     start = 1 if tower == "clip" and select == "patch" else 0
     expected = torch.cat([hidden[i] for i in layers], dim=-1)[:, start:]
     torch.testing.assert_close(b.model.vision(torch.zeros(1, 3, 32, 32)), expected)
@@ -111,7 +113,9 @@ def test_count_mismatch_raises(built):
     model = built.model
     n = model.num_image_tokens
     input_ids = torch.tensor([[5] + [model.image_token_id] * (n - 1)])
-    with pytest.raises(ImageFeatureCountError, match=f"{n - 1} image placeholder tokens but 1 images"):
+    with pytest.raises(
+        ImageFeatureCountError, match=f"{n - 1} image placeholder tokens but 1 images"
+    ):
         model.embed(input_ids, torch.randn(1, 3, 32, 32))
     with pytest.raises(ImageFeatureCountError, match="no images"):
         model.embed(torch.tensor([[5, model.image_token_id]]), None)
@@ -127,7 +131,12 @@ def test_mixed_batch_forward_backward(built):
     samples = []
     for conversation in conversations:
         tokenized = tokenize_conversation(
-            conversation, template, tokenizer, image_token="<image>", num_image_tokens=model.num_image_tokens, max_length=512
+            conversation,
+            template,
+            tokenizer,
+            image_token="<image>",
+            num_image_tokens=model.num_image_tokens,
+            max_length=512,
         )
         has_image = tokenized.num_images > 0
         samples.append(

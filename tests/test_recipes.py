@@ -137,7 +137,15 @@ def test_extends_cycle_is_reported(tmp_path):
 def test_cli_recipe_check_prints_resolved_recipe_offline():
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": ""}
     result = subprocess.run(
-        [sys.executable, "-m", "mllm.cli", "recipe", "check", "recipes/llava_v1_5.yaml", "stages.align.epochs=2"],
+        [
+            sys.executable,
+            "-m",
+            "mllm.cli",
+            "recipe",
+            "check",
+            "recipes/llava_v1_5.yaml",
+            "stages.align.epochs=2",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -8,16 +8,16 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_utils import REPO, make_workspace, run_train, tiny_recipe, write_recipe
 
 from mllm.config import validate_recipe
 from mllm.inference import load_checkpoint
 from mllm.models import build_model
 from mllm.models.builder import special_tokens_for
-from mllm.training.checkpoint import CheckpointError, load_weights, read_manifest
+from mllm.training.checkpoint import CheckpointError, read_manifest
 from mllm.training.metrics import read_metrics
 from mllm.training.setup import resolve_init_from
 from mllm.training.stage import apply_stage, parameter_groups
-from training_utils import REPO, make_workspace, run_train, tiny_recipe, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,9 @@ def test_exactly_the_stage_components_get_gradients(ws, tmp_path, stage, learnin
     owners = _grad_owners(built.model)
     assert {name for name, params in owners.items() if params} == learning
     # Every trainable parameter is in exactly one optimizer group, frozen ones in none.
-    grouped = [p for g in parameter_groups(built.model, recipe.stages[stage].optim) for p in g["params"]]
+    grouped = [
+        p for g in parameter_groups(built.model, recipe.stages[stage].optim) for p in g["params"]
+    ]
     assert len(grouped) == len({id(p) for p in grouped})
     assert {id(p) for p in grouped} == {id(p) for p in built.model.parameters() if p.requires_grad}
 
@@ -69,7 +71,9 @@ def test_projector_lr_gets_its_own_group(ws, tmp_path):
 
 def test_missing_init_from_fails_before_training(ws, tmp_path):
     recipe = validate_recipe(tiny_recipe(ws, tmp_path), "test")
-    with pytest.raises(CheckpointError, match=r"stages.instruct.init_from='stage:align'.*not a complete|no such"):
+    with pytest.raises(
+        CheckpointError, match=r"stages.instruct.init_from='stage:align'.*not a complete|no such"
+    ):
         resolve_init_from(recipe, "instruct")
 
 
@@ -99,10 +103,14 @@ def test_two_stages_single_process_then_resume_matches(ws, tmp_path):
     assert sorted(losses) == list(range(1, 7))
     resumed = tmp_path / "resumed"
     (resumed / "align/checkpoints").mkdir(parents=True)
-    shutil.copytree(align_dir / "checkpoints/step_00000003", resumed / "align/checkpoints/step_00000003")
+    shutil.copytree(
+        align_dir / "checkpoints/step_00000003", resumed / "align/checkpoints/step_00000003"
+    )
     raw["output_dir"] = str(resumed)
     run_train([str(write_recipe(tmp_path / "resume.yaml", raw)), "--stage", "align", "--resume"])
-    resumed_losses = {row["step"]: row["loss"] for row in read_metrics(resumed / "align/metrics.jsonl")}
+    resumed_losses = {
+        row["step"]: row["loss"] for row in read_metrics(resumed / "align/metrics.jsonl")
+    }
     assert sorted(resumed_losses) == [4, 5, 6]
     for step in (4, 5, 6):
         assert resumed_losses[step] == losses[step], step  # bit-identical on CPU in fp32
@@ -113,16 +121,23 @@ def test_two_stages_single_process_then_resume_matches(ws, tmp_path):
 def _consolidated(engine_dir) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(engine_dir), tag="state", exclude_frozen_parameters=True)
+    return get_fp32_state_dict_from_zero_checkpoint(
+        str(engine_dir), tag="state", exclude_frozen_parameters=True
+    )
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_two_process_zero_checkpoint_loads_in_one_process(ws, tmp_path, zero):
-    stage_settings = {"zero_config": str(REPO / "zero_configs" / f"{zero}.json"), "max_steps": 3, "save_every": 2, "micro_batch_size": 1}
+@pytest.mark.parametrize(("zero", "launcher"), [("zero2", "torchrun"), ("zero3", "deepspeed")])
+def test_two_process_zero_checkpoint_loads_in_one_process(ws, tmp_path, zero, launcher):
+    stage_settings = {
+        "zero_config": str(REPO / "zero_configs" / f"{zero}.json"),
+        "max_steps": 3,
+        "save_every": 2,
+        "micro_batch_size": 1,
+    }
     raw = tiny_recipe(ws, tmp_path / "run", align=stage_settings, instruct=stage_settings)
     recipe_path = write_recipe(tmp_path / "recipe.yaml", raw)
-    run_train([str(recipe_path)], nproc=2)
+    run_train([str(recipe_path)], nproc=2, launcher=launcher)
     for stage in ("align", "instruct"):
         checkpoint = tmp_path / f"run/{stage}/checkpoints/step_00000002"
         ours = load_file(checkpoint / "model.safetensors")

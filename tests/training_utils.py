@@ -18,16 +18,37 @@ TRAIN_SCRIPT = REPO / "scripts" / "train.py"
 
 
 def make_workspace(root: Path) -> dict[str, Path]:
-    models = make_tiny_models(root / "models", image_size=32, patch_size=8, llm_hidden=32, vision_hidden=32)
-    data = make_shapes_dataset(root / "data", num_align=32, num_instruct=32, num_test=4, image_size=32)
-    return {"root": root, **models, "data": data.root, "images": data.image_folder,
-            "align": data.align_json, "instruct": data.instruct_json}
+    models = make_tiny_models(
+        root / "models", image_size=32, patch_size=8, llm_hidden=32, vision_hidden=32
+    )
+    data = make_shapes_dataset(
+        root / "data", num_align=32, num_instruct=32, num_test=4, image_size=32
+    )
+    return {
+        "root": root,
+        **models,
+        "data": data.root,
+        "images": data.image_folder,
+        "align": data.align_json,
+        "instruct": data.instruct_json,
+    }
 
 
-def tiny_recipe(ws: dict[str, Path], output_dir: Path, *, align: dict | None = None, instruct: dict | None = None) -> dict:
+def tiny_recipe(
+    ws: dict[str, Path],
+    output_dir: Path,
+    *,
+    align: dict | None = None,
+    instruct: dict | None = None,
+) -> dict:
     def stage(data: Path, template: str, train: dict, extra: dict | None) -> dict:
         base = {
-            "data": {"path": str(data), "image_folder": str(ws["images"]), "template": template, "max_length": 128},
+            "data": {
+                "path": str(data),
+                "image_folder": str(ws["images"]),
+                "template": template,
+                "max_length": 128,
+            },
             "train": train,
             "optim": {"lr": 1e-2, "warmup_ratio": 0.0},
             "max_steps": 3,
@@ -52,10 +73,20 @@ def tiny_recipe(ws: dict[str, Path], output_dir: Path, *, align: dict | None = N
             "llm": {"path": str(ws["llama"]), "family": "llama"},
         },
         "stages": {
-            "align": stage(ws["align"], "plain", {"vision": "frozen", "projector": "full", "llm": "frozen"}, align),
+            "align": stage(
+                ws["align"],
+                "plain",
+                {"vision": "frozen", "projector": "full", "llm": "frozen"},
+                align,
+            ),
             "instruct": {
                 "init_from": "stage:align",
-                **stage(ws["instruct"], "vicuna_v1", {"vision": "frozen", "projector": "full", "llm": "full"}, instruct),
+                **stage(
+                    ws["instruct"],
+                    "vicuna_v1",
+                    {"vision": "frozen", "projector": "full", "llm": "full"},
+                    instruct,
+                ),
             },
         },
     }
@@ -66,18 +97,35 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
-def run_train(args: list[str], *, nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run scripts/train.py in fresh processes (one thread each: 2 cores are shared)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run_train(
+    args: list[str], *, nproc: int = 1, launcher: str = "torchrun", timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run scripts/train.py in fresh processes (one thread each: 2 cores are shared).
+
+    ``launcher`` is ``torchrun`` or ``deepspeed`` (which passes ``--local_rank`` to the script).
+    """
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     if nproc == 1:
         command = [sys.executable, str(TRAIN_SCRIPT), *args]
     else:
         with socket.socket() as sock:  # torchrun's port 0 is not "any free port" for env:// ranks
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   f"--master_port={port}", str(TRAIN_SCRIPT), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False)
+        if launcher == "deepspeed":
+            launch = ["deepspeed.launcher.runner", f"--num_gpus={nproc}"]
+        else:
+            launch = ["torch.distributed.run", f"--nproc_per_node={nproc}"]
+        command = [sys.executable, "-m", *launch, f"--master_port={port}", str(TRAIN_SCRIPT), *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False
+    )
     if result.returncode != 0:
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result

@@ -46,30 +46,48 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
             )
         template = stage.data.template or (family.template if family else None)
         if template is not None and template not in TEMPLATES:
-            problems.append((f"{key}.data.template", f"unknown template {template!r}; choose one of {TEMPLATES.names()}"))
+            problems.append(
+                (
+                    f"{key}.data.template",
+                    f"unknown template {template!r}; choose one of {TEMPLATES.names()}",
+                )
+            )
         if all(mode == "frozen" for mode in stage.train.model_dump().values()):
-            problems.append((f"{key}.train", "every component is frozen: the stage would train nothing"))
+            problems.append(
+                (f"{key}.train", "every component is frozen: the stage would train nothing")
+            )
         if stage.optim.projector_lr is not None and stage.train.projector == "frozen":
-            problems.append((f"{key}.optim.projector_lr", "set, but the projector is frozen in this stage"))
+            problems.append(
+                (f"{key}.optim.projector_lr", "set, but the projector is frozen in this stage")
+            )
         if stage.init_from and stage.init_from.startswith(STAGE_REFERENCE):
             source = stage.init_from[len(STAGE_REFERENCE) :]
             if source not in stage_names[:index]:
                 problems.append(
-                    (f"{key}.init_from", f"{stage.init_from!r} must name an earlier stage of {stage_names[:index]}")
+                    (
+                        f"{key}.init_from",
+                        f"{stage.init_from!r} must name an earlier stage of {stage_names[:index]}",
+                    )
                 )
         if stage.zero_config is not None and check_files:
             problems.extend(_check_zero_config(f"{key}.zero_config", Path(stage.zero_config)))
         if stage.precision == "fp16" and stage.zero_config is None:
-            problems.append((f"{key}.precision", "fp16 needs loss scaling: give a zero_config (DeepSpeed) or use bf16"))
+            problems.append(
+                (
+                    f"{key}.precision",
+                    "fp16 needs loss scaling: give a zero_config (DeepSpeed) or use bf16",
+                )
+            )
     return problems
 
 
 def _is_auto(value: object) -> bool:
     """LLaVA's ZeRO files say "auto" for what the trainer fills in; those are welcome here."""
     if isinstance(value, dict):
-        return all(_is_auto(v) for k, v in value.items() if k != "enabled") and value.get(
-            "enabled", "auto"
-        ) == "auto"
+        return (
+            all(_is_auto(v) for k, v in value.items() if k != "enabled")
+            and value.get("enabled", "auto") == "auto"
+        )
     return value == "auto"
 
 
@@ -82,7 +100,9 @@ def _check_zero_config(key: str, path: Path) -> list[tuple[str, str]]:
         return [(key, f"{path} is not valid JSON: {exc}")]
     owned = [k for k in RECIPE_OWNED_DS_KEYS if k in settings and not _is_auto(settings[k])]
     if owned:
-        return [(key, f"{path} sets {owned}; these come from the recipe, remove them from the file")]
+        return [
+            (key, f"{path} sets {owned}; these come from the recipe, remove them from the file")
+        ]
     if not isinstance(settings.get("zero_optimization", {}), dict):
         return [(key, f"{path}: zero_optimization must be a mapping")]
     return []

@@ -54,7 +54,9 @@ class ProjectorConfig(ComponentConfig):
 
 class LLMConfig(StrictModel):
     path: str = Field(description="hub id or local folder of a transformers causal LM")
-    family: str = Field(description="exact family name from mllm.models.families (llama, vicuna, ...)")
+    family: str = Field(
+        description="exact family name from mllm.models.families (llama, vicuna, ...)"
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     trust_remote_code: bool = False
 
@@ -109,7 +111,9 @@ class StageConfig(StrictModel):
         description="'stage:NAME' for an earlier stage of this recipe, or a stage output folder",
     )
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, gt=0, description="optimizer steps; overrides epochs")
+    max_steps: int | None = Field(
+        default=None, gt=0, description="optimizer steps; overrides epochs"
+    )
     global_batch_size: int = Field(gt=0)
     micro_batch_size: int = Field(gt=0, description="per device")
     precision: Precision = "bf16"

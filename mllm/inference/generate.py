@@ -24,13 +24,19 @@ class GenerationRequest:
 def _encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
     image_token = loaded.recipe.model.image_token
-    text = get_template(loaded.template).generation_prompt(request.conversation, image_token=image_token)
+    text = get_template(loaded.template).generation_prompt(
+        request.conversation, image_token=image_token
+    )
     markers = text.count(image_token)
     if markers != len(request.images):
-        raise ValueError(f"the conversation has {markers} {image_token} markers but {len(request.images)} images")
+        raise ValueError(
+            f"the conversation has {markers} {image_token} markers but {len(request.images)} images"
+        )
     ids: list[int] = []
     for token_id in tokenizer(text, add_special_tokens=True)["input_ids"]:
-        ids.extend([token_id] * model.num_image_tokens if token_id == model.image_token_id else [token_id])
+        ids.extend(
+            [token_id] * model.num_image_tokens if token_id == model.image_token_id else [token_id]
+        )
     return ids
 
 
@@ -64,16 +70,24 @@ def generate(
     width = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
-    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+    attention_mask = torch.tensor(
+        [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
+    )
     images = [img for r in requests for img in r.images]
     processor = loaded.built.image_processor
     pixel_values = (
-        torch.stack([prepare_image(img, processor, loaded.image_aspect_ratio) for img in images]).to(device)
+        torch.stack(
+            [prepare_image(img, processor, loaded.image_aspect_ratio) for img in images]
+        ).to(device)
         if images
         else None
     )
     inputs_embeds = model.embed(input_ids, pixel_values)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     output = model.llm.generate(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,

@@ -22,7 +22,9 @@ class LoadedModel:
     manifest: dict
 
 
-def load_checkpoint(folder: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
+def load_checkpoint(
+    folder: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> LoadedModel:
     """Rebuild the model a checkpoint was trained as and load its weights.
 
     The frozen parts come from the base paths in the saved recipe; the trained parts from
@@ -34,9 +36,13 @@ def load_checkpoint(folder: str | Path, *, dtype: torch.dtype = torch.float32, d
     folder = Path(folder)
     manifest = read_manifest(folder)
     recipe_path = folder / RECIPE_NAME
-    recipe = validate_recipe(yaml.safe_load(recipe_path.read_text()), str(recipe_path), check_files=False)
+    recipe = validate_recipe(
+        yaml.safe_load(recipe_path.read_text()), str(recipe_path), check_files=False
+    )
     built = build_model(recipe.model, dtype=dtype, special_tokens=special_tokens_for(recipe))
     load_weights(built.model, folder)
     built.model.to(device).eval()
     stage = recipe.stages[manifest["stage"]]
-    return LoadedModel(built, recipe, stage_template(recipe, stage), stage.data.image_aspect_ratio, manifest)
+    return LoadedModel(
+        built, recipe, stage_template(recipe, stage), stage.data.image_aspect_ratio, manifest
+    )

@@ -46,4 +46,6 @@ def get_family(name: str) -> LLMFamily:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise KeyError(f"unknown LLM family {name!r}; choose one of: {', '.join(sorted(FAMILIES))}") from None
+        raise KeyError(
+            f"unknown LLM family {name!r}; choose one of: {', '.join(sorted(FAMILIES))}"
+        ) from None

@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from mllm.config.schema import LLMConfig
 from mllm.models.families import get_family
@@ -31,7 +36,9 @@ def load_tokenizer(
     The pad token comes from the family table when the tokenizer has none (LLaVA pads
     Llama/Vicuna with ``<unk>``), so padding never reuses EOS, which would mask real EOS labels.
     """
-    tokenizer = AutoTokenizer.from_pretrained(config.path, trust_remote_code=config.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        config.path, trust_remote_code=config.trust_remote_code
+    )
     if not tokenizer.is_fast:
         raise ValueError(
             f"model.llm.path {config.path}: the tokenizer is not a fast tokenizer; mllm needs "

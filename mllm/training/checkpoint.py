@@ -69,7 +69,9 @@ def _gathered(params: list[nn.Parameter], modify: bool = False):
     return nullcontext()
 
 
-def gather_state_dict(model: nn.Module, prefixes: Iterable[str], keep: bool) -> dict[str, torch.Tensor]:
+def gather_state_dict(
+    model: nn.Module, prefixes: Iterable[str], keep: bool
+) -> dict[str, torch.Tensor]:
     """Full CPU tensors of the parameters and buffers under ``prefixes``.
 
     Collective under ZeRO-3: every rank must call it; only ranks with ``keep`` get tensors.
@@ -111,10 +113,16 @@ def load_weights(model: nn.Module, folder: Path) -> list[str]:
             value = handle.get_tensor(name)
             shape = tuple(getattr(target, "ds_shape", target.shape))
             if tuple(value.shape) != shape:
-                raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the model {shape}")
-            with _gathered([target], modify=True) if isinstance(target, nn.Parameter) else nullcontext():
-                with torch.no_grad():
-                    target.data.copy_(value.to(target.dtype))
+                raise CheckpointError(
+                    f"{path}: {name} has shape {tuple(value.shape)}, the model {shape}"
+                )
+            gathered = (
+                _gathered([target], modify=True)
+                if isinstance(target, nn.Parameter)
+                else nullcontext()
+            )
+            with gathered, torch.no_grad():
+                target.data.copy_(value.to(target.dtype))
     return names
 
 
@@ -128,7 +136,9 @@ def read_manifest(folder: Path) -> dict:
         )
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{manifest_path}: format is {manifest.get('format')!r}, not {FORMAT!r}")
+        raise CheckpointError(
+            f"{manifest_path}: format is {manifest.get('format')!r}, not {FORMAT!r}"
+        )
     return manifest
 
 

@@ -44,7 +44,9 @@ def zero_stage(ds_config: dict[str, Any]) -> int:
 
 
 def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
-    device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    device = (
+        ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    )
     return device not in ("none", None)
 
 

@@ -26,7 +26,9 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                logger.warning("logging.tensorboard is on but tensorboard is not installed; skipping it")
+                logger.warning(
+                    "logging.tensorboard is on but tensorboard is not installed; skipping it"
+                )
             else:
                 self._tensorboard = SummaryWriter(str(folder / "tensorboard"))
         if config.wandb:
@@ -35,7 +37,9 @@ class MetricsLogger:
             except ImportError:
                 logger.warning("logging.wandb is on but wandb is not installed; skipping it")
             else:
-                self._wandb = wandb.init(project=config.wandb_project or "mllm", name=run_name, resume="allow")
+                self._wandb = wandb.init(
+                    project=config.wandb_project or "mllm", name=run_name, resume="allow"
+                )
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

@@ -66,7 +66,9 @@ class StepBatchSampler(Sampler[list[int]]):
                 yield order[start : start + self.micro_batch_size]
 
 
-def total_optimizer_steps(num_samples: int, samples_per_step: int, epochs: float, max_steps: int | None) -> int:
+def total_optimizer_steps(
+    num_samples: int, samples_per_step: int, epochs: float, max_steps: int | None
+) -> int:
     if max_steps is not None:
         return max_steps
     return max(1, int(epochs * (num_samples // samples_per_step)))

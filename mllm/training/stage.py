@@ -45,7 +45,9 @@ def format_parameter_table(train: TrainConfig, table: dict[str, tuple[int, int]]
         lines.append(f"{name:<10} {getattr(train, name):<7} {trainable:>14,} {total:>14,}")
     trainable = sum(t for t, _ in table.values())
     total = sum(n for _, n in table.values())
-    lines.append(f"{'all':<10} {'':<7} {trainable:>14,} {total:>14,} ({100 * trainable / max(total, 1):.2f}%)")
+    lines.append(
+        f"{'all':<10} {'':<7} {trainable:>14,} {total:>14,} ({100 * trainable / max(total, 1):.2f}%)"
+    )
     return "\n".join(lines)
 
 

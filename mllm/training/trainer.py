@@ -78,7 +78,9 @@ class Trainer:
         scheduler_name = {"constant": "constant_with_warmup"}.get(optim.scheduler, optim.scheduler)
 
         def make_scheduler(opt):
-            return get_scheduler(scheduler_name, opt, num_warmup_steps=warmup, num_training_steps=self.total_steps)
+            return get_scheduler(
+                scheduler_name, opt, num_warmup_steps=warmup, num_training_steps=self.total_steps
+            )
 
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=built.model,
@@ -88,7 +90,9 @@ class Trainer:
             config=ds_config,
         )
         self.step = 0
-        self.metrics = MetricsLogger(self.out_dir, recipe.logging, f"{recipe.name}/{stage_name}", runtime.is_main)
+        self.metrics = MetricsLogger(
+            self.out_dir, recipe.logging, f"{recipe.name}/{stage_name}", runtime.is_main
+        )
 
     # ------------------------------------------------------------------ data
     def _loader(self) -> DataLoader:
@@ -114,7 +118,10 @@ class Trainer:
         )
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.runtime.device, non_blocking=True) if v is not None else None for k, v in batch.items()}
+        return {
+            k: v.to(self.runtime.device, non_blocking=True) if v is not None else None
+            for k, v in batch.items()
+        }
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
@@ -126,7 +133,11 @@ class Trainer:
             if mode == "frozen":
                 self.built.model.component(name).eval()
         progress = tqdm(
-            total=self.total_steps, initial=self.step, disable=not self.runtime.is_main, desc=self.stage_name, dynamic_ncols=True
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.runtime.is_main,
+            desc=self.stage_name,
+            dynamic_ncols=True,
         )
         window = {"loss": 0.0, "micro": 0, "tokens": 0, "start": time.perf_counter()}
         last: dict[str, float] = {}
@@ -147,7 +158,11 @@ class Trainer:
             if self.step % self.stage.log_every == 0 or self.step == self.total_steps:
                 last = self._log(window, progress)
                 window = {"loss": 0.0, "micro": 0, "tokens": 0, "start": time.perf_counter()}
-            if self.stage.save_every and self.step % self.stage.save_every == 0 and self.step < self.total_steps:
+            if (
+                self.stage.save_every
+                and self.step % self.stage.save_every == 0
+                and self.step < self.total_steps
+            ):
                 self.save_resumable()
         progress.close()
         self.metrics.close()
@@ -166,7 +181,11 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             values["grad_norm"] = float(grad_norm)
-        progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
+        progress.set_postfix(
+            loss=f"{values['loss']:.4f}",
+            lr=f"{values['lr']:.2e}",
+            tok_s=f"{values['tokens_per_s']:.0f}",
+        )
         self.metrics.log(self.step, values)
         return values
 
@@ -180,7 +199,9 @@ class Trainer:
         return self.out_dir / "final"
 
     def _write_loadable(self, folder: Path, metrics: dict[str, float]) -> None:
-        state = ckpt.gather_state_dict(self.built.model, self.saved_components, keep=self.runtime.is_main)
+        state = ckpt.gather_state_dict(
+            self.built.model, self.saved_components, keep=self.runtime.is_main
+        )
         if self.runtime.is_main:
             ckpt.write_weights_and_manifest(
                 folder,
@@ -214,11 +235,21 @@ class Trainer:
         barrier()
         staging = ckpt.staging_path(final)
         self.engine.save_checkpoint(
-            str(staging / ckpt.ENGINE_DIR), tag=ENGINE_TAG, save_latest=False, exclude_frozen_parameters=True
+            str(staging / ckpt.ENGINE_DIR),
+            tag=ENGINE_TAG,
+            save_latest=False,
+            exclude_frozen_parameters=True,
         )
-        save_file({"cpu": torch.get_rng_state()}, str(staging / f"rng_state_rank{self.runtime.rank}.safetensors"))
+        save_file(
+            {"cpu": torch.get_rng_state()},
+            str(staging / f"rng_state_rank{self.runtime.rank}.safetensors"),
+        )
         if self.runtime.is_main:
-            state = {"step": self.step, "total_steps": self.total_steps, "world_size": self.runtime.world_size}
+            state = {
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "world_size": self.runtime.world_size,
+            }
             (staging / ckpt.TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
         self._write_loadable(staging, {})
         barrier()
@@ -246,7 +277,9 @@ class Trainer:
                 f"{folder} was written by {state['world_size']} processes; resume with the same number "
                 f"(now {self.runtime.world_size}) so the data order stays the same"
             )
-        self.engine.load_checkpoint(str(folder / ckpt.ENGINE_DIR), tag=ENGINE_TAG, load_module_strict=False)
+        self.engine.load_checkpoint(
+            str(folder / ckpt.ENGINE_DIR), tag=ENGINE_TAG, load_module_strict=False
+        )
         rng = folder / f"rng_state_rank{self.runtime.rank}.safetensors"
         torch.set_rng_state(load_file(str(rng))["cpu"])
         self.step = state["step"]

@@ -14,7 +14,9 @@ class Projector(nn.Module):
     expand each ``<image>`` marker into exactly that many placeholder ids.
     """
 
-    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int, num_patches: int) -> None:
+    def __init__(
+        self, config: ProjectorConfig, vision_dim: int, llm_dim: int, num_patches: int
+    ) -> None:
         super().__init__()
         self.config = config
         self.vision_dim = vision_dim

@@ -12,7 +12,9 @@ from mllm.models.registry import PROJECTORS
 
 @PROJECTORS.register("linear", config_class=ProjectorConfig)
 class LinearProjector(Projector):
-    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int, num_patches: int) -> None:
+    def __init__(
+        self, config: ProjectorConfig, vision_dim: int, llm_dim: int, num_patches: int
+    ) -> None:
         super().__init__(config, vision_dim, llm_dim, num_patches)
         self.proj = nn.Linear(vision_dim, llm_dim)
 

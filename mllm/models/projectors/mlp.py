@@ -17,7 +17,9 @@ class MLPProjectorConfig(ProjectorConfig):
 
 @PROJECTORS.register("mlp", config_class=MLPProjectorConfig)
 class MLPProjector(Projector):
-    def __init__(self, config: MLPProjectorConfig, vision_dim: int, llm_dim: int, num_patches: int) -> None:
+    def __init__(
+        self, config: MLPProjectorConfig, vision_dim: int, llm_dim: int, num_patches: int
+    ) -> None:
         super().__init__(config, vision_dim, llm_dim, num_patches)
         layers: list[nn.Module] = [nn.Linear(vision_dim, llm_dim)]
         for _ in range(config.depth - 1):

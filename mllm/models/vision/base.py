@@ -21,7 +21,9 @@ class VisionTower(nn.Module):
     model_class: ClassVar[type[PreTrainedModel]]
     has_cls_token: ClassVar[bool]
 
-    def __init__(self, config: VisionTowerConfig, encoder: PreTrainedModel, image_processor) -> None:
+    def __init__(
+        self, config: VisionTowerConfig, encoder: PreTrainedModel, image_processor
+    ) -> None:
         super().__init__()
         self.config = config
         self.encoder = encoder
@@ -37,7 +39,9 @@ class VisionTower(nn.Module):
             raise ValueError(f"model.vision.select: {config.name} has no CLS token; use 'patch'")
 
     @classmethod
-    def from_pretrained(cls, config: VisionTowerConfig, dtype: torch.dtype, attn_implementation: str):
+    def from_pretrained(
+        cls, config: VisionTowerConfig, dtype: torch.dtype, attn_implementation: str
+    ):
         """Load weights and image processor from ``config.path``."""
         encoder = cls.model_class.from_pretrained(
             config.path, dtype=dtype, attn_implementation=attn_implementation

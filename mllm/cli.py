@@ -19,22 +19,30 @@ def _recipe_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_tiny(args: argparse.Namespace) -> int:
+def _make_tiny(argv: list[str]) -> int:
     from mllm import tiny
 
-    return tiny.main(args.rest) or 0
+    return tiny.main(argv) or 0
 
 
-def _demo_data(args: argparse.Namespace) -> int:
+def _demo_data(argv: list[str]) -> int:
     from mllm.demo import shapes
 
-    return shapes.main(args.rest) or 0
+    return shapes.main(argv) or 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _eval(argv: list[str]) -> int:
     from mllm.eval.run import main as eval_main
 
-    return eval_main(args.rest) or 0
+    return eval_main(argv) or 0
+
+
+#: Sub-commands that own their argument parsing (each has ``--help``).
+DELEGATED = {
+    "make-tiny": (_make_tiny, "save tiny random CLIP/SigLIP/Llama model folders (no download)"),
+    "demo-data": (_demo_data, "generate the synthetic shapes visual-QA dataset"),
+    "eval": (_eval, "answer LLaVA-format questions with a checkpoint and score them"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,19 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("overrides", nargs="*", help="key.sub=value")
     check.set_defaults(func=_recipe_check)
 
-    for name, func, help_text in (
-        ("make-tiny", _make_tiny, "save tiny random CLIP/SigLIP/Llama model folders (no download)"),
-        ("demo-data", _demo_data, "generate the synthetic shapes visual-QA dataset"),
-        ("eval", _eval, "answer LLaVA-format questions with a checkpoint and score them"),
-    ):
-        sub = commands.add_parser(name, help=help_text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(func=func)
+    for name, (_, help_text) in DELEGATED.items():
+        commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]][0](argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

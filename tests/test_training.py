@@ -16,7 +16,7 @@ from mllm.models import build_model
 from mllm.models.builder import special_tokens_for
 from mllm.training.checkpoint import CheckpointError, read_manifest
 from mllm.training.metrics import read_metrics
-from mllm.training.setup import resolve_init_from
+from mllm.training.setup import enable_gradient_checkpointing, resolve_init_from
 from mllm.training.stage import apply_stage, parameter_groups
 
 
@@ -97,6 +97,7 @@ def test_two_stages_single_process_then_resume_matches(ws, tmp_path):
     manifest = read_manifest(instruct_dir / "final")
     assert manifest["stage"] == "instruct" and manifest["step"] == 2
     assert {"torch", "transformers"} <= set(manifest["versions"])
+    _check_llava_format_eval(ws, instruct_dir / "final", tmp_path)
 
     # Resume: copy the step-3 checkpoint of stage 1 into a fresh run and continue it.
     losses = {row["step"]: row["loss"] for row in read_metrics(align_dir / "metrics.jsonl")}
@@ -118,12 +119,51 @@ def test_two_stages_single_process_then_resume_matches(ws, tmp_path):
         torch.testing.assert_close(tensor, align_final[name], rtol=0, atol=0)
 
 
+def _check_llava_format_eval(ws, checkpoint, tmp_path) -> None:
+    """`mllm eval` reads LLaVA questions, writes LLaVA answers, and scores them per category."""
+    from mllm.cli import main as cli
+
+    predictions = tmp_path / "predictions.jsonl"
+    questions = ws["data"] / "test/questions.jsonl"
+    args = ["eval", "--model", str(checkpoint), "--questions", str(questions)]
+    args += ["--image-folder", str(ws["images"]), "--output", str(predictions)]
+    args += ["--answers", str(ws["data"] / "test/answers.jsonl"), "--max-new-tokens", "4"]
+    assert cli(args) == 0
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    expected = [json.loads(line) for line in questions.read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == [q["question_id"] for q in expected]
+    assert all(set(r) == {"question_id", "prompt", "text", "model_id"} for r in rows)
+    assert rows[0]["prompt"] == expected[0]["text"] and rows[0]["model_id"] == "tiny"
+
+
 def _consolidated(engine_dir) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(
         str(engine_dir), tag="state", exclude_frozen_parameters=True
     )
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(ws, tmp_path):
+    recipe = validate_recipe(tiny_recipe(ws, tmp_path), "test")
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+        apply_stage(built.model, recipe.stages["instruct"].train)
+        built.model.train()
+        if checkpointing:
+            enable_gradient_checkpointing(built.model)
+        n = built.model.num_image_tokens
+        ids = torch.tensor([[1] + [built.model.image_token_id] * n + [5, 6, 7, 2]])
+        pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        built.model(input_ids=ids, labels=ids, pixel_values=pixels).loss.backward()
+        grads.append(
+            {k: p.grad.clone() for k, p in built.model.named_parameters() if p.grad is not None}
+        )
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.distributed

@@ -35,6 +35,8 @@ def init_distributed() -> Runtime:
     """Join (or create) the process group and pick this rank's device and thread count."""
     import deepspeed
 
+    # Tokenizers' own threads and forked DataLoader workers do not mix; workers parallelise.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -70,7 +70,15 @@ def enable_gradient_checkpointing(model: MultimodalModel) -> None:
     Non-reentrant checkpointing gives correct gradients even when the inputs (frozen
     embeddings) do not require grad, so no input-grad hook is needed.
     """
-    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-    model.llm.gradient_checkpointing_enable(**kwargs)
+    modules = [model.llm]
     if any(p.requires_grad for p in model.vision.parameters()):
-        model.vision.encoder.gradient_checkpointing_enable(**kwargs)
+        modules.append(model.vision.encoder)
+    for module in modules:
+        if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            module.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            module.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )

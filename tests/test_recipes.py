@@ -169,3 +169,11 @@ def test_cli_recipe_check_fails_with_key(tmp_path):
     )
     assert result.returncode == 2
     assert str(path) in result.stderr and "stages.align.bogus: unknown key" in result.stderr
+
+
+def test_extends_with_another_component_replaces_its_options(tmp_path):
+    # The parent's mlp has `depth`; a linear projector has no such option.
+    path = _write(tmp_path, "model:\n  projector: {name: linear}\n")
+    assert load_recipe(path).model.projector.name == "linear"
+    path = _write(tmp_path, "model:\n  projector: {name: mlp, depth: 3}\n")
+    assert load_recipe(path).model.projector.depth == 3

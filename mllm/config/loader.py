@@ -51,10 +51,18 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; any other value (lists included) replaces the base's."""
+    """Mappings merge key by key; any other value (lists included) replaces the base's.
+
+    A mapping whose ``name`` differs from the base's is another component with other options,
+    so it replaces the base's mapping instead of merging into it.
+    """
     merged = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        old = merged.get(key)
+        other_component = isinstance(old, dict) and "name" in value if isinstance(value, dict) else False
+        if other_component and value["name"] != old.get("name"):
+            merged[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(old, dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -97,13 +97,10 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
-def run_train(
-    args: list[str], *, nproc: int = 1, launcher: str = "torchrun", timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """Run scripts/train.py in fresh processes (one thread each: 2 cores are shared).
-
-    ``launcher`` is ``torchrun`` or ``deepspeed`` (which passes ``--local_rank`` to the script).
-    """
+def train_command(
+    args: list[str], *, nproc: int = 1, launcher: str = "torchrun"
+) -> tuple[list[str], dict[str, str]]:
+    """Command line and environment that run scripts/train.py (one thread per process)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -111,16 +108,22 @@ def run_train(
         "TOKENIZERS_PARALLELISM": "false",
     }
     if nproc == 1:
-        command = [sys.executable, str(TRAIN_SCRIPT), *args]
+        return [sys.executable, str(TRAIN_SCRIPT), *args], env
+    with socket.socket() as sock:  # torchrun's port 0 is not "any free port" for env:// ranks
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    if launcher == "deepspeed":
+        launch = ["deepspeed.launcher.runner", f"--num_gpus={nproc}"]
     else:
-        with socket.socket() as sock:  # torchrun's port 0 is not "any free port" for env:// ranks
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if launcher == "deepspeed":
-            launch = ["deepspeed.launcher.runner", f"--num_gpus={nproc}"]
-        else:
-            launch = ["torch.distributed.run", f"--nproc_per_node={nproc}"]
-        command = [sys.executable, "-m", *launch, f"--master_port={port}", str(TRAIN_SCRIPT), *args]
+        launch = ["torch.distributed.run", f"--nproc_per_node={nproc}"]
+    return [sys.executable, "-m", *launch, f"--master_port={port}", str(TRAIN_SCRIPT), *args], env
+
+
+def run_train(
+    args: list[str], *, nproc: int = 1, launcher: str = "torchrun", timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run scripts/train.py to completion; ``launcher`` is ``torchrun`` or ``deepspeed``."""
+    command, env = train_command(args, nproc=nproc, launcher=launcher)
     result = subprocess.run(
         command, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False
     )

@@ -52,6 +52,15 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
+    def drop_after(self, step: int) -> None:
+        """Forget rows logged after ``step`` (a resumed run logs those steps again)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        rows = [row for row in read_metrics(self.path) if row["step"] <= step]
+        staging = self.path.with_suffix(".jsonl.partial")
+        staging.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        staging.replace(self.path)
+
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()

@@ -20,6 +20,7 @@ from mllm.models.builder import BuiltModel
 from mllm.training import checkpoint as ckpt
 from mllm.training.deepspeed_config import offloads_optimizer
 from mllm.training.distributed import Runtime, all_reduce_sum, barrier
+from mllm.training.interrupt import StopRequests, TrainingInterrupted
 from mllm.training.metrics import MetricsLogger
 from mllm.training.sampler import StepBatchSampler, total_optimizer_steps
 from mllm.training.stage import parameter_groups
@@ -140,6 +141,15 @@ class Trainer:
             dynamic_ncols=True,
         )
         window = {"loss": 0.0, "micro": 0, "tokens": 0, "start": time.perf_counter()}
+        with StopRequests() as stop:
+            last = self._run_steps(model, progress, window, stop)
+        progress.close()
+        self.metrics.close()
+        return last
+
+    def _run_steps(
+        self, model, progress: tqdm, window: dict, stop: StopRequests
+    ) -> dict[str, float]:
         last: dict[str, float] = {}
         micro = 0
         for batch in self._loader():
@@ -164,8 +174,13 @@ class Trainer:
                 and self.step < self.total_steps
             ):
                 self.save_resumable()
-        progress.close()
-        self.metrics.close()
+            signum = stop.agreed(self.runtime) if self.step < self.total_steps else 0
+            if signum:
+                progress.close()
+                saved = self.checkpoint_root / f"step_{self.step:08d}"
+                if not saved.is_dir():
+                    saved = self.save_resumable()
+                raise TrainingInterrupted(signum, str(saved))
         return last
 
     def _log(self, window: dict, progress: tqdm) -> dict[str, float]:
@@ -214,50 +229,59 @@ class Trainer:
                 tokenizer=self.built.tokenizer,
             )
 
-    def save_final(self, metrics: dict[str, float]) -> Path:
-        """Write ``STAGE/final`` (collective)."""
-        if self.runtime.is_main:
-            ckpt.prepare_staging(self.final_dir)
-        barrier()
-        self._write_loadable(ckpt.staging_path(self.final_dir), metrics)
-        barrier()
-        if self.runtime.is_main:
-            ckpt.commit_staging(self.final_dir)
-            logger.info("saved %s", self.final_dir)
-        barrier()
-        return self.final_dir
+    def _save(self, final: Path, write) -> Path:
+        """Fill ``final`` through its staging folder with ``write(staging)`` (collective).
 
-    def save_resumable(self) -> Path:
-        """Write ``STAGE/checkpoints/step_N`` with optimizer, scheduler and data position (collective)."""
-        final = self.checkpoint_root / f"step_{self.step:08d}"
+        A failure while writing (a full disk) removes the staging folder and reports it;
+        earlier checkpoints and a previous ``final`` stay as they were.
+        """
         if self.runtime.is_main:
             ckpt.prepare_staging(final)
         barrier()
         staging = ckpt.staging_path(final)
-        self.engine.save_checkpoint(
-            str(staging / ckpt.ENGINE_DIR),
-            tag=ENGINE_TAG,
-            save_latest=False,
-            exclude_frozen_parameters=True,
-        )
-        save_file(
-            {"cpu": torch.get_rng_state()},
-            str(staging / f"rng_state_rank{self.runtime.rank}.safetensors"),
-        )
-        if self.runtime.is_main:
-            state = {
-                "step": self.step,
-                "total_steps": self.total_steps,
-                "world_size": self.runtime.world_size,
-            }
-            (staging / ckpt.TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
-        self._write_loadable(staging, {})
+        try:
+            write(staging)
+        except OSError as exc:
+            if self.runtime.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise ckpt.CheckpointError(
+                f"could not write {final}: {exc}; earlier checkpoints are untouched"
+            ) from exc
         barrier()
         if self.runtime.is_main:
             ckpt.commit_staging(final)
-            self._prune_checkpoints()
-            logger.info("saved resumable checkpoint %s", final)
+            logger.info("saved %s", final)
         barrier()
+        return final
+
+    def save_final(self, metrics: dict[str, float]) -> Path:
+        """Write ``STAGE/final`` (collective)."""
+        return self._save(self.final_dir, lambda staging: self._write_loadable(staging, metrics))
+
+    def save_resumable(self) -> Path:
+        """Write ``STAGE/checkpoints/step_N`` with optimizer, scheduler and data position (collective)."""
+
+        def write(staging: Path) -> None:
+            self.engine.save_checkpoint(
+                str(staging / ckpt.ENGINE_DIR),
+                tag=ENGINE_TAG,
+                save_latest=False,
+                exclude_frozen_parameters=True,
+            )
+            rng_file = staging / f"rng_state_rank{self.runtime.rank}.safetensors"
+            save_file({"cpu": torch.get_rng_state()}, str(rng_file))
+            if self.runtime.is_main:
+                state = {
+                    "step": self.step,
+                    "total_steps": self.total_steps,
+                    "world_size": self.runtime.world_size,
+                }
+                (staging / ckpt.TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
+            self._write_loadable(staging, {})
+
+        final = self._save(self.checkpoint_root / f"step_{self.step:08d}", write)
+        if self.runtime.is_main:
+            self._prune_checkpoints()
         return final
 
     def _prune_checkpoints(self) -> None:
@@ -283,5 +307,6 @@ class Trainer:
         rng = folder / f"rng_state_rank{self.runtime.rank}.safetensors"
         torch.set_rng_state(load_file(str(rng))["cpu"])
         self.step = state["step"]
+        self.metrics.drop_after(self.step)  # rows a killed run logged past its last checkpoint
         logger.info("resumed from %s at step %d of %d", folder, self.step, self.total_steps)
         return True

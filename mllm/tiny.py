@@ -26,18 +26,29 @@ import sentencepiece as spm
 import torch
 from transformers import (
     AutoTokenizer,
+    BitImageProcessorPil,
+    Blip2VisionConfig,
+    Blip2VisionModel,
+    BlipImageProcessorPil,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
     LlamaConfig,
     LlamaForCausalLM,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+)
 
-VisionKind = Literal["clip", "siglip"]
+VisionKind = Literal["clip", "siglip", "dinov2", "eva_clip"]
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 # Byte fallback reserves one piece per byte; the specials are <unk>, <s>, </s>.
@@ -276,18 +287,19 @@ def make_tiny_vision_tower(
     intermediate_size: int = 128,
     seed: int = 0,
 ) -> Path:
-    """Save a random CLIP or SigLIP vision encoder with its image processor.
+    """Save a random CLIP, SigLIP, DINOv2 or EVA-CLIP vision encoder with its image processor.
 
     The processors are the PIL implementations (torchvision is not a dependency); their saved
     ``preprocessor_config.json`` names ``CLIPImageProcessor`` / ``SiglipImageProcessor`` as a
     real checkpoint does, and ``AutoImageProcessor`` loads the PIL class for it.
 
-    CLIP emits ``1 + (image_size / patch_size) ** 2`` tokens (a CLS token first); SigLIP
-    emits only the patch tokens.
+    CLIP, DINOv2 and EVA-CLIP (BLIP-2's) emit ``1 + (image_size / patch_size) ** 2`` tokens (a
+    CLS token first); SigLIP emits only the patch tokens.
 
     Args:
         out_dir: Folder to write.
-        kind: ``"clip"`` (``CLIPVisionModel``) or ``"siglip"`` (``SiglipVisionModel``).
+        kind: ``"clip"`` (``CLIPVisionModel``), ``"siglip"`` (``SiglipVisionModel``),
+            ``"dinov2"`` (``Dinov2Model``) or ``"eva_clip"`` (``Blip2VisionModel``).
         image_size, patch_size, hidden_size, num_layers, num_heads, intermediate_size:
             vision config sizes; ``image_size`` must be a multiple of ``patch_size``.
         seed: Weight initialisation seed; the global torch RNG is left untouched.
@@ -328,8 +340,33 @@ def make_tiny_vision_tower(
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
         )
+    elif kind == "dinov2":
+        intermediate = sizes.pop("intermediate_size")
+        if intermediate % hidden_size:
+            raise ValueError("dinov2 needs intermediate_size to be a multiple of hidden_size")
+        config = Dinov2Config(**sizes, mlp_ratio=intermediate // hidden_size)
+        model_class = Dinov2Model
+        # DINOv2's processor (BitImageProcessor) crops; the grid follows the crop.
+        processor = BitImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            do_center_crop=True,
+            image_mean=IMAGENET_DEFAULT_MEAN,
+            image_std=IMAGENET_DEFAULT_STD,
+        )
+    elif kind == "eva_clip":
+        config = Blip2VisionConfig(**sizes)  # BLIP-2's EVA ViT-g layout
+        model_class = Blip2VisionModel
+        # BLIP-2's eval processor: stretch to a square, OpenAI CLIP statistics.
+        processor = BlipImageProcessorPil(
+            size={"height": image_size, "width": image_size},
+            image_mean=OPENAI_CLIP_MEAN,
+            image_std=OPENAI_CLIP_STD,
+        )
     else:
-        raise ValueError(f"unknown vision tower kind {kind!r}; choose 'clip' or 'siglip'")
+        raise ValueError(
+            f"unknown vision tower kind {kind!r}; choose 'clip', 'siglip', 'dinov2' or 'eva_clip'"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)

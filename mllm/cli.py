@@ -37,11 +37,31 @@ def _eval(argv: list[str]) -> int:
     return eval_main(argv) or 0
 
 
+def _data(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: mllm data check RECIPE_OR_JSON [...]  (mllm data check --help)")
+        return 0 if argv else 2
+    if argv[0] != "check":
+        print(f"mllm data: unknown command {argv[0]!r}; use: mllm data check", file=sys.stderr)
+        return 2
+    from mllm.data.preflight.cli import main as check_main
+
+    return check_main(argv[1:])
+
+
+def _merge(argv: list[str]) -> int:
+    from mllm.merge import main as merge_main
+
+    return merge_main(argv) or 0
+
+
 #: Sub-commands that own their argument parsing (each has ``--help``).
 DELEGATED = {
+    "data": (_data, "check data files (or a recipe's stages) for bad records before training"),
     "make-tiny": (_make_tiny, "save tiny random CLIP/SigLIP/Llama model folders (no download)"),
     "demo-data": (_demo_data, "generate the synthetic shapes visual-QA dataset"),
     "eval": (_eval, "answer LLaVA-format questions with a checkpoint and score them"),
+    "merge": (_merge, "fold LoRA adapters into the LLM and write a standalone model folder"),
 }
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from mllm.config import load_recipe
+from mllm.config.checks import check_environment
 from mllm.data import DataCollator
 from mllm.data.builder import build_dataset
 from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
-from mllm.training.checkpoint import load_weights
+from mllm.models.lora import lora_settings
 from mllm.training.deepspeed_config import build_deepspeed_config
 from mllm.training.distributed import init_distributed
+from mllm.training.interrupt import TrainingInterrupted
 from mllm.training.setup import (
+    completed_output,
     enable_gradient_checkpointing,
+    load_start_point,
     register_zero3_loading,
     resolve_init_from,
     saved_components,
@@ -45,17 +50,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
     stage = recipe.stages[stage_name]
+    if resume and completed_output(recipe, stage_name):
+        logging.getLogger("mllm.train").info("stage %s is complete; resuming after it", stage_name)
+        return
     ds_config = build_deepspeed_config(stage, runtime.world_size, f"stages.{stage_name}")
     init_folder = resolve_init_from(recipe, stage_name)
     seed_everything(recipe.seed)
     zero3 = register_zero3_loading(ds_config)  # noqa: F841 - must outlive the model
+    lora = lora_settings(recipe, stage_name)
     built = build_model(
-        recipe.model, dtype=DTYPES[stage.precision], special_tokens=special_tokens_for(recipe)
+        recipe.model,
+        dtype=DTYPES[stage.precision],
+        special_tokens=special_tokens_for(recipe),
+        quantize_llm=lora if stage.train.llm == "qlora" else None,
     )
     if init_folder is not None:
-        load_weights(built.model, init_folder)
+        key = f"stages.{stage_name}.init_from"
+        load_start_point(built.model, init_folder, key, stage.train.llm)
     trained = [name for name, mode in stage.train.model_dump().items() if mode != "frozen"]
-    apply_stage(built.model, stage.train)
+    apply_stage(built.model, stage.train, lora)
     if stage.gradient_checkpointing:
         enable_gradient_checkpointing(built.model)
     dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
@@ -83,12 +96,21 @@ def main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s [rank {runtime.rank}] %(name)s: %(message)s",
     )
     recipe = load_recipe(args.recipe, args.overrides)
-    for stage_name in args.stage or list(recipe.stages):
+    stages = args.stage or list(recipe.stages)
+    for stage_name in stages:
         if stage_name not in recipe.stages:
             raise SystemExit(
                 f"{args.recipe}: no stage {stage_name!r}; stages: {list(recipe.stages)}"
             )
-        train_stage(recipe, stage_name, runtime, resume=args.resume)
+    problems = check_environment(recipe, stages)  # before any stage: never stop between them
+    if problems:
+        raise SystemExit(f"{args.recipe}: cannot run here:\n  " + "\n  ".join(problems))
+    for stage_name in stages:
+        try:
+            train_stage(recipe, stage_name, runtime, resume=args.resume)
+        except TrainingInterrupted as stop:
+            logging.getLogger("mllm.train").warning("%s", stop)
+            sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def test_over_long_records_are_dropped_and_reported(build, caplog) -> None:
     # Long enough for the text-only record; every 64-token image block would be cut.
     max_length = full.lengths[1]
     with caplog.at_level(logging.WARNING, logger="mllm.data.dataset"):
-        dataset = build(max_length=max_length, num_image_tokens=64)
+        dataset = build(max_length=max_length, num_image_tokens=64, on_bad_record="skip")
     assert len(dataset) == 1 and dataset.has_image == [False]
     assert torch.equal(dataset[0]["input_ids"], full[1]["input_ids"])  # not replaced
     assert [where for where, _, _ in dataset.dropped] == [
@@ -211,9 +211,14 @@ def test_over_long_records_are_dropped_and_reported(build, caplog) -> None:
         "<records>: record 2 (id 'two-images')",
         "<records>: record 3 (id 'no-marker')",
     ]
-    assert "dropped 3 of 4 records" in caplog.text
-    assert "(3 cuts_image)" in caplog.text
+    assert [kind for _, kind, _ in dataset.dropped] == ["cuts_image"] * 3
+    assert "skipped 3 of 4 records: cuts_image" in caplog.text
     assert "truncating would cut image 1 of 1" in caplog.text
+    # The default policy stops instead, listing every such record.
+    with pytest.raises(DataError) as error:
+        build(max_length=max_length, num_image_tokens=64)
+    assert "3 of 4 records cannot be trained on" in str(error.value)
+    assert "record 2 (id 'two-images'), 178 tokens > max_length" in str(error.value)
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -221,8 +226,10 @@ def test_over_long_records_are_dropped_and_reported(build, caplog) -> None:
 
 def test_a_dataset_with_nothing_to_train_on_is_an_error(build, tmp_path: Path) -> None:
     path = write_json(tmp_path / "long.json", RECORDS[:1])
-    with pytest.raises(DataError, match=r"long\.json: no trainable records \(1 read, 1 too long"):
-        build(files=path, max_length=8)
+    with pytest.raises(
+        DataError, match=r"long\.json: no trainable records \(1 read, 1 skipped: 1 cuts_image\)"
+    ):
+        build(files=path, max_length=8, on_bad_record="skip")
     with pytest.raises(DataError, match="0 read"):
         build(files=write_json(tmp_path / "empty.json", []))
 
@@ -259,7 +266,7 @@ def test_unknown_file_type(tmp_path: Path) -> None:
         ({"conversations": "hi"}, "conversations", "expected a list of turns"),
         (
             {"image": "red.png", "conversations": [{"from": "gpt", "value": "x"}]},
-            "conversations",
+            "conversations[0].from",
             "turn 0 is from 'gpt'",
         ),
         (
@@ -300,9 +307,10 @@ def test_record_errors_name_file_record_id_and_field(
     bad = write_json(tmp_path / "bad.json", [RECORDS[1], {"id": "broken", **record}])
     with pytest.raises(DataError) as error:
         build(files=[good, bad])
-    text = str(error.value)
-    assert text.startswith(f"{bad}: record 1 (id 'broken'), field '{field}': ")
-    assert message in text
+    first, line = str(error.value).splitlines()
+    assert first.startswith(f"{bad}: 1 of 4 records cannot be trained on")
+    assert line.startswith(f"  {bad}: record 1 (id 'broken'), field '{field}': ")
+    assert message in line
 
 
 def test_missing_image_is_reported_when_loaded(build) -> None:

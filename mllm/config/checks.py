@@ -5,10 +5,11 @@ Each rule returns ``(dotted key, reason)`` so the error points at what to edit.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
-from mllm.config.schema import RecipeConfig
+from mllm.config.schema import ADAPTER_MODES, RecipeConfig
 
 #: DeepSpeed keys the toolkit fills in from the recipe; a ZeRO file setting them would conflict.
 RECIPE_OWNED_DS_KEYS = (
@@ -69,6 +70,7 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                         f"{stage.init_from!r} must name an earlier stage of {stage_names[:index]}",
                     )
                 )
+        problems.extend(_check_adapters(recipe, name, index))
         if stage.zero_config is not None and check_files:
             problems.extend(_check_zero_config(f"{key}.zero_config", Path(stage.zero_config)))
         if stage.precision == "fp16" and stage.zero_config is None:
@@ -79,6 +81,124 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                 )
             )
     return problems
+
+
+def _check_adapters(recipe: RecipeConfig, name: str, index: int) -> list[tuple[str, str]]:
+    """LoRA/QLoRA rules of one stage: where adapters may go and what a 4-bit base allows."""
+    stage, key = recipe.stages[name], f"stages.{name}"
+    problems: list[tuple[str, str]] = []
+    modes = stage.train.model_dump()
+    if modes["projector"] in ADAPTER_MODES:
+        problems.append(
+            (
+                f"{key}.train.projector",
+                f"{modes['projector']}: the projector trains fully or not at all (full/frozen)",
+            )
+        )
+    if modes["vision"] in ADAPTER_MODES:
+        problems.append(
+            (
+                f"{key}.train.vision",
+                f"{modes['vision']} is supported for the llm only (full/frozen)",
+            )
+        )
+    if stage.lora is not None and all(mode not in ADAPTER_MODES for mode in modes.values()):
+        problems.append((f"{key}.lora", "set, but no component of this stage is lora/qlora"))
+    if modes["llm"] != "qlora":
+        return problems
+    if stage.zero_config is not None and Path(stage.zero_config).is_file():
+        try:
+            settings = json.loads(Path(stage.zero_config).read_text())
+            zero = settings.get("zero_optimization", {}).get("stage", 0)
+        except (json.JSONDecodeError, AttributeError):
+            zero = 0
+        if zero == 3:
+            problems.append(
+                (
+                    f"{key}.zero_config",
+                    "ZeRO-3 cannot partition 4-bit weights; use zero2 (or zero0) with qlora",
+                )
+            )
+    if stage.precision == "fp16":
+        problems.append((f"{key}.precision", "qlora computes in bf16 or fp32, not fp16"))
+    # A 4-bit base is quantised from model.llm.path: earlier LLM training cannot be carried in.
+    source, names = stage.init_from, list(recipe.stages)
+    while source and source.startswith(STAGE_REFERENCE):
+        earlier = source[len(STAGE_REFERENCE) :]
+        if earlier not in names[:index]:
+            break
+        if recipe.stages[earlier].train.llm != "frozen":
+            problems.append(
+                (
+                    f"{key}.train.llm",
+                    f"qlora quantises the base LLM of model.llm.path, but stage {earlier!r} "
+                    "(which this stage starts from) trained the LLM; merge that stage with "
+                    "`mllm merge` and point model.llm.path at the merged LLM",
+                )
+            )
+            break
+        source, index = recipe.stages[earlier].init_from, names.index(earlier)
+    return problems
+
+
+def check_environment(recipe: RecipeConfig, stages: list[str]) -> list[str]:
+    """What this machine must offer for ``stages`` (QLoRA kernels, FlashAttention).
+
+    Run before the first stage so a run never stops between stages for a missing package.
+
+    Returns:
+        Problems, each naming the recipe key to change.
+    """
+    problems: list[str] = []
+    for name in stages:
+        if recipe.stages[name].train.llm == "qlora":
+            reason = qlora_unavailable_reason()
+            if reason:
+                problems.append(f"stages.{name}.train.llm: qlora cannot run here: {reason}")
+                break
+    llm = recipe.model.llm
+    if llm.attn_implementation == "flash_attention_2" and llm.attn_fallback == "error":
+        reason = flash_attention_unavailable_reason()
+        if reason:
+            problems.append(
+                f"model.llm.attn_implementation: flash_attention_2 cannot run here: {reason}; "
+                "use auto/sdpa, or set model.llm.attn_fallback: warn"
+            )
+    return problems
+
+
+def qlora_unavailable_reason() -> str | None:
+    """Why 4-bit NF4 training cannot run on this machine, or None when it can.
+
+    Probes a tiny ``Linear4bit``: quantise, forward, backward. bitsandbytes >= 0.45 runs this
+    on CPU too; older releases need CUDA.
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install 'mllm[bitsandbytes]')"
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32).to(device)
+        inputs = torch.randn(2, 64, device=device, requires_grad=True)
+        layer(inputs).sum().backward()
+        if inputs.grad is None or not torch.isfinite(inputs.grad).all():
+            return f"bitsandbytes {bnb.__version__}: a 4-bit layer gave no valid gradient"
+    except Exception as exc:  # noqa: BLE001 - any failure means the kernels are unusable here
+        return f"bitsandbytes 4-bit layers fail on this machine ({type(exc).__name__}: {exc})"
+    return None
+
+
+def flash_attention_unavailable_reason() -> str | None:
+    """Why FlashAttention-2 cannot run here, or None when flash-attn and CUDA are present."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash-attn is not installed (pip install 'mllm[flash-attn]', CUDA machines only)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
 
 
 def _is_auto(value: object) -> bool:

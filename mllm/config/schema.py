@@ -11,8 +11,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny
 
-TuneMode = Literal["frozen", "full"]
+#: frozen: no gradients; full: every weight trains; lora: low-rank adapters (peft) on a frozen
+#: base; qlora: the same with the base loaded in 4-bit NF4 (bitsandbytes).
+TuneMode = Literal["frozen", "full", "lora", "qlora"]
+ADAPTER_MODES = ("lora", "qlora")
 Precision = Literal["fp32", "bf16", "fp16"]
+AttnImplementation = Literal["auto", "flash_attention_2", "sdpa", "eager"]
 
 
 def _as_list(value: object) -> object:
@@ -43,7 +47,7 @@ class VisionTowerConfig(ComponentConfig):
     select: Literal["patch", "cls_patch"] = Field(
         default="patch", description="'patch' drops the CLS token, 'cls_patch' keeps it"
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+    attn_implementation: AttnImplementation | None = Field(
         default=None, description="defaults to the LLM's choice"
     )
 
@@ -57,7 +61,16 @@ class LLMConfig(StrictModel):
     family: str = Field(
         description="exact family name from mllm.models.families (llama, vicuna, ...)"
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn_implementation: AttnImplementation = Field(
+        default="auto",
+        description="auto: flash_attention_2 when flash-attn and CUDA are present, else sdpa, "
+        "else eager",
+    )
+    attn_fallback: Literal["error", "warn"] = Field(
+        default="error",
+        description="when the requested kernel cannot run here: fail at start, or warn and use "
+        "the next one available",
+    )
     trust_remote_code: bool = False
 
 
@@ -81,6 +94,11 @@ class DataConfig(StrictModel):
     )
     max_length: int = Field(default=2048, gt=0)
     num_workers: int = Field(default=0, ge=0)
+    on_bad_record: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="fail: a malformed record, an untrainable over-long one or an unloadable "
+        "image stops the run naming it; skip: drop it, count it and log it",
+    )
 
 
 class TrainConfig(StrictModel):
@@ -89,6 +107,21 @@ class TrainConfig(StrictModel):
     vision: TuneMode = "frozen"
     projector: TuneMode = "full"
     llm: TuneMode = "frozen"
+
+
+class LoraConfig(StrictModel):
+    """Low-rank adapters for components in ``lora``/``qlora`` mode (peft)."""
+
+    r: int = Field(default=8, gt=0, description="rank of the update")
+    alpha: float = Field(default=16.0, gt=0, description="scale is alpha / r")
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="module names to wrap; default: the LLM family's (every linear layer of "
+        "the decoder, not the output head)",
+    )
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="qlora only")
+    double_quant: bool = Field(default=True, description="qlora only: quantise the scales too")
 
 
 class OptimConfig(StrictModel):
@@ -105,6 +138,9 @@ class OptimConfig(StrictModel):
 class StageConfig(StrictModel):
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    lora: LoraConfig | None = Field(
+        default=None, description="adapter settings when a component is lora/qlora (defaults apply)"
+    )
     optim: OptimConfig
     init_from: str | None = Field(
         default=None,

@@ -1,25 +1,23 @@
 """The data pipeline: templates, tokenization with label masks, images, dataset, collator."""
 
 from mllm.data.collator import DataCollator
-from mllm.data.dataset import (
-    ConversationDataset,
-    DataError,
-    RecordOrigin,
-    place_image_markers,
-    read_records,
-    record_images,
-)
+from mllm.data.dataset import BadRecord, ConversationDataset
 from mllm.data.images import (
+    DEFAULT_MAX_PIXELS,
     IMAGE_MODES,
     ImageLoadError,
     ImageMode,
+    ImagePathError,
+    ImageTooLargeError,
     expand_to_square,
     load_image,
     pad_colour,
     prepare_image,
+    resolve_image_path,
     target_size,
     to_rgb,
 )
+from mllm.data.records import DataError, RecordOrigin, read_records, record_images
 from mllm.data.templates import (
     DEFAULT_IMAGE_TOKEN,
     TEMPLATES,
@@ -38,12 +36,24 @@ from mllm.data.tokenize import (
     tokenize_conversation,
     tokenize_rendered,
 )
+from mllm.data.validate import (
+    RECORD_KINDS,
+    CheckedRecord,
+    InvalidJson,
+    RecordProblem,
+    check_record,
+    place_image_markers,
+)
 
 __all__ = [
     "DEFAULT_IMAGE_TOKEN",
+    "DEFAULT_MAX_PIXELS",
     "IGNORE_INDEX",
     "IMAGE_MODES",
+    "RECORD_KINDS",
     "TEMPLATES",
+    "BadRecord",
+    "CheckedRecord",
     "ConversationDataset",
     "ConversationError",
     "DataCollator",
@@ -51,10 +61,15 @@ __all__ = [
     "DroppedSample",
     "ImageLoadError",
     "ImageMode",
+    "ImagePathError",
+    "ImageTooLargeError",
+    "InvalidJson",
     "RecordOrigin",
+    "RecordProblem",
     "Segment",
     "Template",
     "TokenizedSample",
+    "check_record",
     "check_tokenizer",
     "expand_to_square",
     "get_template",
@@ -66,6 +81,7 @@ __all__ = [
     "read_records",
     "record_images",
     "render_text",
+    "resolve_image_path",
     "target_size",
     "to_rgb",
     "tokenize_conversation",

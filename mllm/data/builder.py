@@ -9,8 +9,13 @@ from mllm.models.builder import BuiltModel
 
 
 def build_dataset(data: DataConfig, built: BuiltModel, template: str) -> ConversationDataset:
-    """All of ``data.path`` tokenized with ``template``; images expand to the projector's token count."""
-    return ConversationDataset.from_files(
+    """All of ``data.path`` tokenized with ``template``; images expand to the projector's token count.
+
+    Bad records are handled by ``data.on_bad_record`` (see ``ConversationDataset``): records
+    and image files are checked here, before the first step, so a ``fail`` run stops early.
+    Every rank runs the same deterministic checks and so keeps the same samples.
+    """
+    dataset = ConversationDataset.from_files(
         data.path,
         template=get_template(template),
         tokenizer=built.tokenizer,
@@ -20,4 +25,7 @@ def build_dataset(data: DataConfig, built: BuiltModel, template: str) -> Convers
         image_token=built.image_token,
         num_image_tokens=built.model.num_image_tokens,
         max_length=data.max_length,
+        on_bad_record=data.on_bad_record,
     )
+    dataset.check_image_files(workers=max(1, data.num_workers))
+    return dataset

@@ -3,6 +3,12 @@
 The model scatters image features onto placeholder positions in row-major order of the
 flattened batch, so ``pixel_values`` concatenates each sample's images in sample order: that
 is the order of the placeholder blocks for right and left padding alike.
+
+Samples that could not be loaded under ``on_bad_record: skip`` arrive as
+:class:`~mllm.data.dataset.BadRecord`; they are dropped from the batch (never replaced by
+another sample) and listed under the batch's ``"skipped"`` key, which the training loop must
+pop, count and log before calling the model. A batch whose samples were all dropped has zero
+rows.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from mllm.data.dataset import BadRecord
 from mllm.data.tokenize import IGNORE_INDEX
 
 
@@ -38,22 +45,40 @@ class DataCollator:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
 
-    def __call__(self, samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
+    def __call__(self, samples: Sequence[Mapping[str, torch.Tensor | None] | BadRecord]) -> dict:
         """
         Args:
             samples: dicts with ``input_ids`` [T_i], ``labels`` [T_i] and ``pixel_values``
-                [n_i, 3, H, W] or ``None``.
+                [n_i, 3, H, W] or ``None``; or :class:`BadRecord` for samples skipped at load.
 
         Returns:
             ``input_ids`` [B, T] (pad id on padding), ``attention_mask`` [B, T] (1 on tokens),
             ``labels`` [B, T] (-100 on padding), ``pixel_values`` [sum n_i, 3, H, W] in sample
-            order, or ``None`` when no sample has an image.
+            order, or ``None`` when no sample has an image; ``B`` counts the good samples only.
+            When samples were dropped, also ``skipped``: their :class:`BadRecord` s.
 
         Raises:
             ValueError: for an empty batch, mismatched ids/labels, or images of different sizes.
         """
         if not samples:
             raise ValueError("cannot collate an empty batch")
+        skipped = [sample for sample in samples if isinstance(sample, BadRecord)]
+        if skipped:
+            samples = [sample for sample in samples if not isinstance(sample, BadRecord)]
+            batch = self._collate(samples)
+            batch["skipped"] = skipped
+            return batch
+        return self._collate(samples)
+
+    def _collate(self, samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
+        if not samples:
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            return {
+                "input_ids": empty,
+                "attention_mask": empty.clone(),
+                "labels": empty.clone(),
+                "pixel_values": None,
+            }
         longest = max(len(sample["input_ids"]) for sample in samples)
         batch_size = len(samples)
         input_ids = torch.full((batch_size, longest), self.pad_token_id, dtype=torch.long)

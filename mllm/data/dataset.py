@@ -9,42 +9,62 @@ data trains as LLaVA trained it), or gets ``"<image>\\n"`` prepended to its firs
 if it has none; multi-image records keep their markers where they are (interleaved), and
 their count must equal the number of images.
 
-Every record is validated and tokenized once at construction, which decides up front which
-records survive: over-long ones that cannot be truncated safely are excluded and reported in
-one log line with their reasons, never silently replaced by another sample. This pass reads
-no images; it cost ~0.7 ms per record of ~200 text tokens on 2 busy CPU cores (~8 min for
-LLaVA-665k), and its tokenizer calls are batched, so the Rust side uses every core. It also
+Every record is validated (``validate.check_record``, the checks ``mllm data check`` runs) and
+tokenized once at construction, which decides up front which records survive. A bad record
+(malformed, or over-long and not safely truncatable) is handled by the ``on_bad_record``
+policy: ``fail`` raises one :class:`DataError` listing the first bad records and the total;
+``skip`` drops them, counted and logged per kind, never silently replaced by another sample.
+Image files are checked when a sample is loaded: under ``skip`` a sample whose image fails
+comes back as a :class:`BadRecord`, which the collator drops from its batch and reports;
+under ``fail`` it raises, naming the file, record and image path.
+:meth:`ConversationDataset.check_image_files` applies the policy to image files up front
+instead (headers only, in parallel), so a ``fail`` run stops before its first step.
+
+The construction pass reads no images; it cost ~0.7 ms per record of ~200 text tokens on 2
+busy CPU cores (~8 min for LLaVA-665k), and its tokenizer calls are batched, so the Rust side
+uses every core. It also
 gives exact ``lengths`` for length-grouped sampling. ``__getitem__`` tokenizes again (same
 deterministic result) and loads the images, so memory stays at the size of the records.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 from torch.utils.data import Dataset
 
-from mllm.data.images import IMAGE_MODES, ImageLoadError, ImageMode, load_image, prepare_image
-from mllm.data.templates import DEFAULT_IMAGE_TOKEN, ConversationError, Template
+from mllm.data.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_MODES,
+    ImageLoadError,
+    ImageMode,
+    ImagePathError,
+    ImageTooLargeError,
+    load_image,
+    prepare_image,
+    resolve_image_path,
+)
+from mllm.data.records import DataError, RecordOrigin, read_records, record_images
+from mllm.data.templates import DEFAULT_IMAGE_TOKEN, Template
 from mllm.data.tokenize import (
     DroppedSample,
     TokenizedSample,
     check_tokenizer,
-    render_text,
     tokenize_rendered,
 )
+from mllm.data.validate import RecordProblem, check_record
 
 if TYPE_CHECKING:  # annotations only: keeps `import mllm.data` from loading transformers
     from transformers import PreTrainedTokenizerBase
     from transformers.image_processing_utils import BaseImageProcessor
+
+    from mllm.data.preflight.image_check import ImageResult
 
 logger = logging.getLogger(__name__)
 
@@ -52,121 +72,22 @@ Record = Mapping[str, Any]
 
 # Records tokenized per tokenizer call at construction: one call runs in parallel in Rust.
 _CHUNK = 512
+# Bad records listed in a `fail` error; the rest are counted.
+_LISTED = 20
+
+BadRecordPolicy = Literal["fail", "skip"]
 
 
-class DataError(ValueError):
-    """Malformed data; the message names the file, record (index and id) and field."""
+class BadRecord(NamedTuple):
+    """A record left out of training: where (``file: record N (id X)``), kind and reason.
 
-
-@dataclass(frozen=True, slots=True)
-class RecordOrigin:
-    """Where a record came from, for error messages."""
-
-    file: str
-    index: int  # position in its file (0-based; JSONL line numbers are reported separately)
-
-
-def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read LLaVA records from a ``.json`` file (one list) or a ``.jsonl`` file (one per line).
-
-    Raises:
-        DataError: for another extension, invalid JSON (with the file and line), a ``.json``
-            file that is not a list, or a record that is not an object.
-        OSError: if the file cannot be read.
+    Also what ``ConversationDataset.__getitem__`` returns under ``skip`` for a sample whose
+    image cannot be loaded; :class:`~mllm.data.collator.DataCollator` drops it from the batch.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        with path.open(encoding="utf-8") as file:
-            try:
-                records = json.load(file)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
-                ) from None
-        if not isinstance(records, list):
-            raise DataError(
-                f"{path}: a .json data file must hold a list of records, "
-                f"got {type(records).__name__}"
-            )
-        for index, record in enumerate(records):
-            if not isinstance(record, dict):
-                raise DataError(
-                    f"{path}: record {index} is a {type(record).__name__}, not an object"
-                )
-        return records
-    if suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8") as file:
-            for line_number, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(
-                        f"{path}: line {line_number}: invalid JSON at column {err.colno}: {err.msg}"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise DataError(
-                        f"{path}: line {line_number} is a {type(record).__name__}, not an object"
-                    )
-                records.append(record)
-        return records
-    raise DataError(f"{path}: unknown data file type {suffix!r}; use .json or .jsonl")
 
-
-def record_images(record: Record) -> list[str]:
-    """The record's image paths: ``image`` as a string or a list of strings, or none.
-
-    Raises:
-        ValueError: for another type.
-    """
-    image = record.get("image")
-    if image is None:
-        return []
-    if isinstance(image, str):
-        return [image]
-    if isinstance(image, list) and all(isinstance(item, str) for item in image):
-        return list(image)
-    raise ValueError(f"'image' must be a path or a list of paths, got {image!r}")
-
-
-def place_image_markers(
-    conversation: Sequence[Mapping[str, Any]], num_images: int, image_token: str
-) -> list[dict[str, Any]]:
-    """Put image markers where LLaVA puts them (see the module docstring); returns a copy.
-
-    Raises:
-        ConversationError: if the number of markers differs from ``num_images``.
-    """
-    # Non-dict turns are copied as they are; the template's validation reports them.
-    turns = [dict(turn) if isinstance(turn, Mapping) else turn for turn in conversation]
-    values = [turn.get("value") for turn in turns if isinstance(turn, dict)]
-    count = sum(value.count(image_token) for value in values if isinstance(value, str))
-    if num_images == 1 and not count:
-        first_human = next(
-            (
-                i
-                for i, turn in enumerate(turns)
-                if isinstance(turn, dict) and str(turn.get("from", "")).lower() != "system"
-            ),
-            None,
-        )
-        if first_human is not None and isinstance(turns[first_human].get("value"), str):
-            turns[first_human]["value"] = f"{image_token}\n{turns[first_human]['value']}"
-            count = 1
-    elif num_images == 1 and count == 1:
-        for turn in turns:
-            value = turn.get("value") if isinstance(turn, dict) else None
-            if isinstance(value, str) and image_token in value:
-                turn["value"] = f"{image_token}\n{value.replace(image_token, '').strip()}"
-    if count != num_images:
-        raise ConversationError(
-            f"the conversation has {count} {image_token!r} markers but the record has "
-            f"{num_images} image(s)"
-        )
-    return turns
+    where: str
+    kind: str
+    reason: str
 
 
 class ConversationDataset(Dataset):
@@ -176,7 +97,8 @@ class ConversationDataset(Dataset):
         lengths: per sample, the exact token count including image placeholders (from the
             construction pass), for length-grouped sampling.
         has_image: per sample, whether it has at least one image.
-        dropped: ``(where, kind, reason)`` for every record excluded at construction.
+        dropped: a :class:`BadRecord` for every record skipped at construction (``skip``).
+        truncated: how many kept samples are cut at the tail to ``max_length``.
     """
 
     def __init__(
@@ -192,8 +114,10 @@ class ConversationDataset(Dataset):
         num_image_tokens: int,
         max_length: int,
         origins: Sequence[RecordOrigin] | None = None,
+        on_bad_record: BadRecordPolicy = "fail",
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        """Validate and tokenize every record once, keeping those that fit.
+        """Validate and tokenize every record once, applying the bad-record policy.
 
         Args:
             records: LLaVA records (see :func:`read_records`).
@@ -201,22 +125,29 @@ class ConversationDataset(Dataset):
             tokenizer: fast tokenizer with the image and template tokens added.
             image_processor: the vision tower's PIL image processor; may be ``None`` only if
                 no record has an image.
-            image_folder: image paths are relative to it (``None``: used as given).
+            image_folder: image paths are relative to it and may not leave it (``None``:
+                used as given, unconfined).
             image_mode: ``pad``, ``crop`` or ``resize`` (see ``prepare_image``).
             image_token: the image marker in the data and the tokenizer.
             num_image_tokens: placeholders per image.
             max_length: longest sample, image placeholders included.
             origins: where each record came from, for messages (default: ``<records>``).
+            on_bad_record: ``fail`` raises for bad records (at construction) and unloadable
+                images (when loaded); ``skip`` drops them, counted and logged.
+            max_image_pixels: images whose header claims more pixels are refused unread.
 
         Raises:
-            DataError: for a malformed record, naming the file, record index, id and field,
-                or when no record is left to train on.
-            TypeError, ValueError: for an unsuitable tokenizer, processor or image mode.
+            DataError: under ``fail``, listing the first bad records (file, record index, id,
+                field, reason) and their count; under either policy when no record is left.
+            TypeError, ValueError: for an unsuitable tokenizer, processor, image mode or
+                policy.
         """
         if image_mode not in IMAGE_MODES:
             raise ValueError(
                 f"unknown image mode {image_mode!r}; choose one of: {', '.join(IMAGE_MODES)}"
             )
+        if on_bad_record not in ("fail", "skip"):
+            raise ValueError(f"on_bad_record must be 'fail' or 'skip', got {on_bad_record!r}")
         if origins is not None and len(origins) != len(records):
             raise ValueError(f"{len(origins)} origins for {len(records)} records")
         self.records = records
@@ -228,42 +159,149 @@ class ConversationDataset(Dataset):
         self.image_token = image_token
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
+        self.on_bad_record: BadRecordPolicy = on_bad_record
+        self.max_image_pixels = max_image_pixels
         self._origins = origins
 
         self._kept: list[int] = []
         self.lengths: list[int] = []
         self.has_image: list[bool] = []
-        self.dropped: list[tuple[str, str, str]] = []
+        self.dropped: list[BadRecord] = []
+        self.truncated = 0
         self._image_token_id = check_tokenizer(tokenizer, template, image_token=image_token)
         for first in range(0, len(records), _CHUNK):
-            indices = range(first, min(first + _CHUNK, len(records)))
-            samples = self._tokenize_rendered([self._render(index) for index in indices])
-            for index, sample in zip(indices, samples, strict=True):
+            valid: list[int] = []
+            rendered: list[tuple[str, list[tuple[int, int]]]] = []
+            for index in range(first, min(first + _CHUNK, len(records))):
+                checked = check_record(records[index], image_token=image_token, template=template)
+                if isinstance(checked, RecordProblem):
+                    reason = f"field {checked.field!r}: {checked.reason}"
+                    self.dropped.append(BadRecord(self._where(index), checked.kind, reason))
+                    continue
+                assert checked.rendered is not None  # a template was given
+                valid.append(index)
+                rendered.append(checked.rendered)
+            for index, sample in zip(valid, self._tokenize_rendered(rendered), strict=True):
                 if isinstance(sample, DroppedSample):
-                    self.dropped.append((self._where(index), sample.kind, sample.reason))
+                    self.dropped.append(BadRecord(self._where(index), sample.kind, sample.reason))
                     continue
                 self._kept.append(index)
                 self.lengths.append(len(sample.input_ids))
                 self.has_image.append(sample.num_images > 0)
+                self.truncated += sample.full_length > max_length
+        if self.dropped and on_bad_record == "fail":
+            raise DataError(self._bad_records_message())
         if any(self.has_image) and image_processor is None:
             raise ValueError("records have images but no image_processor was given")
         if not self._kept:
-            files = sorted({origin.file for origin in origins or ()}) or ["<records>"]
+            kinds = Counter(bad.kind for bad in self.dropped)
+            summary = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
             raise DataError(
-                f"{', '.join(files)}: no trainable records ({len(records)} read, "
-                f"{len(self.dropped)} too long for max_length={max_length})"
+                f"{self._files()}: no trainable records ({len(records)} read, "
+                f"{len(self.dropped)} skipped{': ' + summary if summary else ''})"
             )
-        if self.dropped:
-            reasons = Counter(kind for _, kind, _ in self.dropped)
-            summary = "; ".join(f"{count} {kind}" for kind, count in reasons.most_common())
-            examples = "; ".join(f"{where}: {reason}" for where, _, reason in self.dropped[:3])
-            logger.warning(
-                "dropped %d of %d records that do not fit max_length=%d (%s). First: %s",
-                len(self.dropped),
-                len(records),
+        self._log_skipped(self.dropped)
+        if self.truncated:
+            logger.info(
+                "%d of %d samples are longer than max_length=%d and cut at the tail",
+                self.truncated,
+                len(self._kept),
                 max_length,
-                summary,
-                examples,
+            )
+
+    def check_image_files(self, workers: int = 1) -> int:
+        """Check every kept sample's image files up front (headers only; parallel), applying
+        the policy now instead of at load time: ``fail`` raises naming the records and image
+        paths; ``skip`` removes those samples (added to ``dropped``).
+
+        The same checks as ``mllm data check`` without ``--decode-images``: confinement,
+        existence, empty files, unidentifiable data and the pixel limit (damage inside the
+        pixel data is still found only when loaded).
+
+        Returns:
+            The number of samples removed.
+
+        Raises:
+            DataError: under ``fail``, if any image file is bad.
+        """
+        from mllm.data.preflight.image_check import ImageResult, inspect_all, locate
+
+        users: dict[str, list[int]] = {}  # data path -> positions in _kept
+        for position, record_index in enumerate(self._kept):
+            for path in record_images(self.records[record_index]):
+                users.setdefault(path, []).append(position)
+        bad: dict[int, BadRecord] = {}
+        files: dict[str, str] = {}  # data path -> file to inspect
+        for path, positions in users.items():
+            located = locate(self.image_folder, path)
+            if isinstance(located, ImageResult):  # leaves the image folder
+                for position in positions:
+                    bad.setdefault(position, self._bad_image(position, path, located))
+            else:
+                files[path] = str(located)
+        square = self.image_mode == "pad"
+        checked = inspect_all(
+            files.values(),
+            max_pixels=self.max_image_pixels,
+            decode=False,
+            square=square,
+            workers=workers,
+        )
+        for path, result in zip(files, checked, strict=True):
+            if result.kind is not None and not result.warning:
+                for position in users[path]:
+                    bad.setdefault(position, self._bad_image(position, path, result))
+        if not bad:
+            return 0
+        found = [bad[position] for position in sorted(bad)]
+        if self.on_bad_record == "fail":
+            self.dropped = found
+            raise DataError(self._bad_records_message())
+        self.dropped.extend(found)
+        keep = [position for position in range(len(self._kept)) if position not in bad]
+        self._kept = [self._kept[position] for position in keep]
+        self.lengths = [self.lengths[position] for position in keep]
+        self.has_image = [self.has_image[position] for position in keep]
+        if not self._kept:
+            raise DataError(f"{self._files()}: no trainable records left after the image check")
+        self._log_skipped(found)
+        return len(found)
+
+    def _bad_image(self, position: int, path: str, result: ImageResult) -> BadRecord:
+        where = self._where(self._kept[position])
+        assert result.kind is not None
+        return BadRecord(where, result.kind, f"field 'image': {path!r}: {result.reason}")
+
+    def _files(self) -> str:
+        return ", ".join(sorted({origin.file for origin in self._origins or ()}) or ["<records>"])
+
+    def _bad_records_message(self) -> str:
+        files = ", ".join(
+            dict.fromkeys(bad.where.rsplit(": record ", 1)[0] for bad in self.dropped)
+        )
+        lines = [
+            f"{files}: {len(self.dropped)} of {len(self.records)} records cannot be "
+            f"trained on (data.on_bad_record is 'fail'; 'skip' drops them; "
+            "`mllm data check` lists them all):"
+        ]
+        lines += [f"  {bad.where}, {bad.reason} [{bad.kind}]" for bad in self.dropped[:_LISTED]]
+        if len(self.dropped) > _LISTED:
+            lines.append(f"  ... and {len(self.dropped) - _LISTED} more")
+        return "\n".join(lines)
+
+    def _log_skipped(self, skipped: list[BadRecord]) -> None:
+        """One warning per kind of skipped record, with the count and the first example."""
+        by_kind: dict[str, list[BadRecord]] = {}
+        for bad in skipped:
+            by_kind.setdefault(bad.kind, []).append(bad)
+        for kind, bads in sorted(by_kind.items(), key=lambda item: -len(item[1])):
+            logger.warning(
+                "skipped %d of %d records: %s (first: %s, %s)",
+                len(bads),
+                len(self.records),
+                kind,
+                bads[0].where,
+                bads[0].reason,
             )
 
     @classmethod
@@ -281,7 +319,7 @@ class ConversationDataset(Dataset):
         records: list[dict[str, Any]] = []
         origins: list[RecordOrigin] = []
         for path in paths:
-            file_records = read_records(path)
+            file_records = read_records(path, keep_invalid=True)
             records.extend(file_records)
             origins.extend(RecordOrigin(str(path), index) for index in range(len(file_records)))
         return cls(records, origins=origins, **kwargs)
@@ -289,47 +327,41 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self._kept)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | None]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | None] | BadRecord:
         """Returns ``input_ids`` [T], ``labels`` [T] (long) and ``pixel_values``
-        [num_images, 3, H, W] (float) or ``None`` for a text-only sample.
+        [num_images, 3, H, W] (float) or ``None`` for a text-only sample; under ``skip``, a
+        :class:`BadRecord` if an image cannot be loaded.
 
         Raises:
-            DataError: if an image cannot be loaded (naming the record and the path).
+            DataError: under ``fail``, if an image cannot be loaded (naming the file, record
+                and image path).
         """
         record_index = self._kept[index]
-        (sample,) = self._tokenize_rendered([self._render(record_index)])
+        checked = check_record(
+            self.records[record_index], image_token=self.image_token, template=self.template
+        )
+        if isinstance(checked, RecordProblem) or checked.rendered is None:  # deterministic
+            raise RuntimeError(f"{self._where(record_index)} kept at construction but now bad")
+        (sample,) = self._tokenize_rendered([checked.rendered])
         if not isinstance(sample, TokenizedSample):  # tokenization is deterministic
             raise RuntimeError(f"{self._where(record_index)} kept at construction but now dropped")
-        paths = record_images(self.records[record_index])
         pixel_values = None
-        if paths:
-            pixel_values = torch.stack([self._load(record_index, path) for path in paths])
+        if checked.images:
+            try:
+                images = [self._load(path) for path in checked.images]
+            except ImageLoadError as err:
+                bad = BadRecord(
+                    self._where(record_index), _image_kind(err), f"field 'image': {err}"
+                )
+                if self.on_bad_record == "fail":
+                    raise DataError(f"{bad.where}, {bad.reason}") from None
+                return bad
+            pixel_values = torch.stack(images)
         return {
             "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),  # [T]
             "labels": torch.tensor(sample.labels, dtype=torch.long),  # [T]
             "pixel_values": pixel_values,  # [num_images, 3, H, W] or None
         }
-
-    def _render(self, record_index: int) -> tuple[str, list[tuple[int, int]]]:
-        """Validate a record and render its text and target spans."""
-        record = self.records[record_index]
-        if not isinstance(record, Mapping):
-            raise DataError(f"{self._where(record_index)}: the record is not an object")
-        try:
-            images = record_images(record)
-        except ValueError as err:
-            raise DataError(f"{self._where(record_index)}, field 'image': {err}") from None
-        conversation = record.get("conversations")
-        if not isinstance(conversation, list):
-            raise DataError(
-                f"{self._where(record_index)}, field 'conversations': expected a list of turns, "
-                f"got {type(conversation).__name__}"
-            )
-        try:
-            conversation = place_image_markers(conversation, len(images), self.image_token)
-            return render_text(conversation, self.template, image_token=self.image_token)
-        except ConversationError as err:
-            raise DataError(f"{self._where(record_index)}, field 'conversations': {err}") from None
 
     def _tokenize_rendered(
         self, rendered: list[tuple[str, list[tuple[int, int]]]]
@@ -342,12 +374,20 @@ class ConversationDataset(Dataset):
             max_length=self.max_length,
         )
 
-    def _load(self, record_index: int, path: str) -> torch.Tensor:
-        full_path = path if self.image_folder is None else self.image_folder / path
-        try:
-            image = load_image(full_path)
-        except ImageLoadError as err:
-            raise DataError(f"{self._where(record_index)}, field 'image': {err}") from None
+    def _load(self, path: str) -> torch.Tensor:
+        """One image as ``[3, H, W]``; raises ImageLoadError (path, size, decoding)."""
+        full_path = resolve_image_path(self.image_folder, path)
+        image = load_image(full_path, max_pixels=self.max_image_pixels)
+        side = max(image.size)
+        if (
+            self.image_mode == "pad"
+            and self.max_image_pixels
+            and side * side > self.max_image_pixels
+        ):
+            raise ImageTooLargeError(
+                f"image {str(full_path)!r} is {image.width}x{image.height}; padded to a square it "
+                f"would be {side * side} pixels, over the limit of {self.max_image_pixels}"
+            )
         assert self.image_processor is not None  # checked at construction
         return prepare_image(image, self.image_processor, self.image_mode)  # [3, H, W]
 
@@ -361,3 +401,14 @@ class ConversationDataset(Dataset):
         record = self.records[record_index]
         record_id = record.get("id") if isinstance(record, Mapping) else None
         return f"{file}: record {index} (id {record_id!r})"
+
+
+def _image_kind(err: ImageLoadError) -> str:
+    """The summary kind of an image that failed to load."""
+    if isinstance(err, ImagePathError):
+        return "image_path_unsafe"
+    if isinstance(err, ImageTooLargeError):
+        return "image_too_large"
+    if isinstance(err.__cause__, FileNotFoundError):
+        return "image_missing"
+    return "image_unreadable"

@@ -14,11 +14,16 @@
 * CMYK goes through Pillow's conversion (no ICC colour management, as in LLaVA).
 
 EXIF orientation is not applied, like LLaVA, so pixels match checkpoints trained with it.
+
+Safety: :func:`resolve_image_path` confines data paths to the image folder (no absolute
+paths, no ``..``, no symlink leading out), and :func:`load_image` reads the size from the
+header and refuses images over ``max_pixels`` before decoding them (decompression bombs).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -31,6 +36,8 @@ if TYPE_CHECKING:  # annotations only: keeps `import mllm.data` from loading tra
 ImageMode = Literal["pad", "crop", "resize"]
 IMAGE_MODES: tuple[str, ...] = ("pad", "crop", "resize")
 WHITE = (255, 255, 255)
+#: Largest image decoded (width x height): Pillow's own warning threshold, about 9459 x 9459.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "La", "RGBa", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -40,27 +47,97 @@ class ImageLoadError(OSError):
     """An image file that cannot be read or converted; the message names the path."""
 
 
+class ImagePathError(ImageLoadError):
+    """A data path that would leave the image folder (absolute, ``..`` or a symlink out)."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image whose header claims more pixels than allowed (a decompression bomb)."""
+
+
+def unsafe_path_reason(path: str) -> str | None:
+    """Why a data path may not be used under an image folder, from its text alone, or ``None``.
+
+    Absolute paths (POSIX or Windows, drive or UNC), any ``..`` component and empty paths
+    are refused; symlinks need the file system (see :func:`resolve_image_path`).
+    """
+    if not path.strip():
+        return "the image path is empty"
+    if "\x00" in path:
+        return "the image path contains a NUL character"
+    portable = path.replace("\\", "/")
+    # POSIX root, UNC share or Windows root, or a drive ("C:..."); string tests are fast.
+    if portable.startswith("/") or (len(path) > 1 and path[1] == ":" and path[0].isalpha()):
+        return f"absolute image path {path!r}; paths must be relative to the image folder"
+    if ".." in portable.split("/"):
+        return f"image path {path!r} goes up with '..'; paths must stay in the image folder"
+    return None
+
+
+def resolve_image_path(folder: str | os.PathLike[str] | None, path: str) -> Path:
+    """``folder / path``, checked to stay inside ``folder`` after resolving symlinks.
+
+    Args:
+        folder: the image folder; ``None`` uses ``path`` as given, unconfined.
+        path: the record's image path.
+
+    Raises:
+        ImagePathError: for an absolute path, a ``..`` component, or a path (or symlink)
+            that resolves outside ``folder``.
+    """
+    if folder is None:
+        return Path(path)
+    reason = unsafe_path_reason(path)
+    if reason is not None:
+        raise ImagePathError(reason)
+    root = Path(folder).resolve()
+    full = root / path
+    resolved = full.resolve()  # follows symlinks; a missing file resolves lexically
+    if not resolved.is_relative_to(root):
+        raise ImagePathError(
+            f"image path {path!r} resolves to {str(resolved)!r}, outside the image folder "
+            f"{str(root)!r} (a symlink out?)"
+        )
+    return full
+
+
 def load_image(
-    path: str | os.PathLike[str], *, background: tuple[int, int, int] = WHITE
+    path: str | os.PathLike[str],
+    *,
+    background: tuple[int, int, int] = WHITE,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
     """Read an image file fully into memory as 8-bit RGB.
 
     Args:
         path: the image file.
         background: colour that transparent pixels are composited onto.
+        max_pixels: refuse images whose header claims more pixels, before decoding
+            (``None``: no limit of ours; Pillow still refuses twice its own limit).
 
     Returns:
         An ``RGB`` image, detached from the file (the file is closed).
 
     Raises:
+        ImageTooLargeError: for an image over ``max_pixels``; the message names ``path``.
         ImageLoadError: if the file is missing, not an image, truncated, or in a mode that
             cannot be converted; the message names ``path``.
     """
     try:
         with Image.open(path) as image:
+            width, height = image.size  # from the header; nothing decoded yet
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image {os.fspath(path)!r} is {width}x{height} = {width * height} pixels, "
+                    f"over the limit of {max_pixels} (a decompression bomb?)"
+                )
             image.load()
             return to_rgb(image, background=background)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"cannot load image {os.fspath(path)!r}: {err}") from err
+    except (OSError, ValueError) as err:
         raise ImageLoadError(f"cannot load image {os.fspath(path)!r}: {err}") from err
 
 

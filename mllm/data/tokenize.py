@@ -43,6 +43,7 @@ class TokenizedSample:
     input_ids: list[int]
     labels: list[int]
     num_images: int
+    full_length: int  # tokens before truncation, image placeholders included
 
 
 DropKind = Literal["cuts_image", "no_targets_left", "no_targets"]
@@ -58,6 +59,7 @@ class DroppedSample:
 
     reason: str
     kind: DropKind
+    full_length: int  # tokens, image placeholders included
 
 
 def render_text(
@@ -174,12 +176,15 @@ def tokenize_rendered(
     image_token_id: int,
     num_image_tokens: int,
     max_length: int,
+    lengths_only: bool = False,
 ) -> list[TokenizedSample | DroppedSample]:
     """Tokenize texts from :func:`render_text` in one tokenizer call (parallel in Rust).
 
     The per-sample path of :func:`tokenize_conversation` after rendering; the dataset calls
     it directly with many samples to tokenize a whole data file quickly. The tokenizer must
-    already have passed :func:`check_tokenizer`.
+    already have passed :func:`check_tokenizer`. ``lengths_only`` (for ``mllm data check``)
+    makes the same decisions but returns samples with empty ``input_ids``/``labels``: only
+    ``full_length``, ``num_images`` and the drops are meaningful then.
 
     Raises:
         ValueError: if the tokenizer doubles BOS, or for non-positive sizes.
@@ -208,7 +213,13 @@ def tokenize_rendered(
                 "and the tokenizer adds its own; templates must not write BOS"
             )
         labels = _label_targets(ids, offsets, spans)
-        samples.append(_expand_and_fit(ids, labels, image_token_id, num_image_tokens, max_length))
+        fitted = _expand_and_fit(ids, labels, image_token_id, num_image_tokens, max_length)
+        if isinstance(fitted, DroppedSample):
+            samples.append(fitted)
+        elif lengths_only:
+            samples.append(TokenizedSample([], [], fitted.num_images, fitted.full_length))
+        else:
+            samples.append(fitted.materialize())
     return samples
 
 
@@ -232,9 +243,24 @@ def _label_targets(
     return np.where(overlaps, ids, IGNORE_INDEX)
 
 
+@dataclass(frozen=True, slots=True)
+class _Fitted:
+    """A trainable sample as arrays; lists are made only when needed."""
+
+    input_ids: np.ndarray  # [L]
+    labels: np.ndarray  # [L]
+    num_images: int
+    full_length: int
+
+    def materialize(self) -> TokenizedSample:
+        return TokenizedSample(
+            self.input_ids.tolist(), self.labels.tolist(), self.num_images, self.full_length
+        )
+
+
 def _expand_and_fit(
     ids: np.ndarray, labels: np.ndarray, image_id: int, num_image_tokens: int, max_length: int
-) -> TokenizedSample | DroppedSample:
+) -> _Fitted | DroppedSample:
     """Expand each image id into a block of placeholders, then truncate or drop."""
     is_image = ids == image_id  # [N]
     copies = np.where(is_image, num_image_tokens, 1)  # [N]
@@ -252,6 +278,7 @@ def _expand_and_fit(
                 f"{cut[0] + 1} of {num_images} (its tokens are "
                 f"{start}..{start + num_image_tokens - 1})",
                 "cuts_image",
+                length,
             )
         input_ids = input_ids[:max_length]
         out_labels = out_labels[:max_length]
@@ -262,6 +289,9 @@ def _expand_and_fit(
                 f"{length} tokens > max_length {max_length}, and no target token would remain "
                 f"in the first {max_length}",
                 "no_targets_left",
+                length,
             )
-        return DroppedSample("no target tokens (nothing to learn from this sample)", "no_targets")
-    return TokenizedSample(input_ids.tolist(), out_labels.tolist(), num_images)
+        return DroppedSample(
+            "no target tokens (nothing to learn from this sample)", "no_targets", length
+        )
+    return _Fitted(input_ids, out_labels, num_images, length)

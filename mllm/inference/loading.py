@@ -9,7 +9,9 @@ import torch
 import yaml
 
 from mllm.config import RecipeConfig, validate_recipe
+from mllm.config.schema import LoraConfig
 from mllm.models.builder import BuiltModel, build_model, special_tokens_for, stage_template
+from mllm.models.lora import add_adapters
 from mllm.training.checkpoint import RECIPE_NAME, load_weights, read_manifest
 
 
@@ -28,7 +30,10 @@ def load_checkpoint(
     """Rebuild the model a checkpoint was trained as and load its weights.
 
     The frozen parts come from the base paths in the saved recipe; the trained parts from
-    ``model.safetensors``. The template and image preparation are those of the saved stage.
+    ``model.safetensors``. An LLM trained with adapters is rebuilt as it was trained (base
+    loaded in 4-bit for qlora, the same LoRA layers) before the adapter weights are loaded;
+    ``mllm.models.lora.merge_adapters`` folds them in. The template and image preparation are
+    those of the saved stage.
 
     Raises:
         CheckpointError: the folder is not a complete mllm checkpoint.
@@ -39,9 +44,22 @@ def load_checkpoint(
     recipe = validate_recipe(
         yaml.safe_load(recipe_path.read_text()), str(recipe_path), check_files=False
     )
-    built = build_model(recipe.model, dtype=dtype, special_tokens=special_tokens_for(recipe))
+    adapter = manifest.get("adapters", {}).get("llm")
+    settings = None
+    if adapter is not None:
+        settings = LoraConfig(**{k: v for k, v in adapter.items() if k not in ("mode", "base")})
+    built = build_model(
+        recipe.model,
+        dtype=dtype,
+        special_tokens=special_tokens_for(recipe),
+        quantize_llm=settings if adapter is not None and adapter["mode"] == "qlora" else None,
+    )
+    if adapter is not None:
+        add_adapters(built.model, settings, adapter["mode"])
     load_weights(built.model, folder)
-    built.model.to(device).eval()
+    if adapter is None or adapter["mode"] != "qlora":  # 4-bit weights stay where they loaded
+        built.model.to(device)
+    built.model.eval()
     stage = recipe.stages[manifest["stage"]]
     return LoadedModel(
         built, recipe, stage_template(recipe, stage), stage.data.image_aspect_ratio, manifest

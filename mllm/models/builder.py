@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mllm.config.schema import ModelConfig, RecipeConfig, StageConfig
+from mllm.config.schema import LoraConfig, ModelConfig, RecipeConfig, StageConfig
+from mllm.models.attention import load_with_attention, resolve_attn_implementation
 from mllm.models.families import get_family
 from mllm.models.llm import load_llm, load_tokenizer
 from mllm.models.multimodal import MultimodalModel
@@ -44,8 +45,17 @@ def special_tokens_for(recipe: RecipeConfig) -> list[str]:
     return tokens
 
 
+#: Seed of the rows added to the embeddings for new tokens: every build of a recipe (training,
+#: resume, inference, merge) gets the same rows, so frozen rows never need saving.
+RESIZE_SEED = 0
+
+
 def build_model(
-    config: ModelConfig, *, dtype: torch.dtype = torch.float32, special_tokens: list[str] = ()
+    config: ModelConfig,
+    *,
+    dtype: torch.dtype = torch.float32,
+    special_tokens: list[str] = (),
+    quantize_llm: LoraConfig | None = None,
 ) -> BuiltModel:
     """Load the tower and LLM from their paths, build the projector, and join them.
 
@@ -53,17 +63,37 @@ def build_model(
         config: the recipe's ``model`` section.
         dtype: parameter dtype for the pretrained parts (the projector is built in it too).
         special_tokens: template tokens that must be single tokens (added when missing).
+        quantize_llm: load the LLM's linear layers in 4-bit with these settings (QLoRA); the
+            tower and projector are never quantised.
 
     Returns:
         The model, its tokenizer (with the image token added) and the tower's image processor.
+
+    Raises:
+        AttentionUnavailableError: FlashAttention asked for where it cannot run, no fallback.
     """
-    attn = config.vision.attn_implementation or config.llm.attn_implementation
+    llm_attn = resolve_attn_implementation(
+        config.llm.attn_implementation, config.llm.attn_fallback, "model.llm.attn_implementation"
+    )
+    vision_attn = llm_attn
+    if config.vision.attn_implementation is not None:
+        vision_attn = resolve_attn_implementation(
+            config.vision.attn_implementation,
+            config.llm.attn_fallback,
+            "model.vision.attn_implementation",
+        )
     tower_class = VISION_TOWERS.get(config.vision.name).target
-    vision = tower_class.from_pretrained(config.vision, dtype=dtype, attn_implementation=attn)
+    vision = load_with_attention(
+        lambda **attn: tower_class.from_pretrained(config.vision, dtype=dtype, **attn),
+        vision_attn,
+        f"model.vision.path {config.vision.path}",
+    )
     tokenizer = load_tokenizer(config.llm, config.image_token, list(special_tokens))
-    llm = load_llm(config.llm, dtype=dtype)
+    llm = load_llm(config.llm, dtype=dtype, attn_implementation=llm_attn, quantize=quantize_llm)
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(len(tokenizer))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RESIZE_SEED)
+            llm.resize_token_embeddings(len(tokenizer))
     llm.config.pad_token_id = tokenizer.pad_token_id
     projector_class = PROJECTORS.get(config.projector.name).target
     projector = projector_class(

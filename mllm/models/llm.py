@@ -12,20 +12,66 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from mllm.config.schema import LLMConfig
+from mllm.config.schema import LLMConfig, LoraConfig
+from mllm.models.attention import load_with_attention
 from mllm.models.families import get_family
 
 logger = logging.getLogger(__name__)
 
 
-def load_llm(config: LLMConfig, dtype: torch.dtype) -> PreTrainedModel:
-    """Any transformers causal LM, with the attention kernel chosen through its own switch."""
-    return AutoModelForCausalLM.from_pretrained(
-        config.path,
-        dtype=dtype,
-        attn_implementation=config.attn_implementation,
-        trust_remote_code=config.trust_remote_code,
-    )
+def load_llm(
+    config: LLMConfig,
+    dtype: torch.dtype,
+    attn_implementation: str = "sdpa",
+    quantize: LoraConfig | None = None,
+) -> PreTrainedModel:
+    """Any transformers causal LM, with the attention kernel chosen through its own switch.
+
+    Args:
+        config: the recipe's ``model.llm``.
+        dtype: parameter dtype (and the 4-bit compute dtype).
+        attn_implementation: a resolved kernel name (see ``mllm.models.attention``).
+        quantize: load the linear layers in 4-bit (QLoRA) with these settings; the output
+            head and embeddings stay in ``dtype``.
+    """
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    if quantize is not None:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantize.quant_type,
+            bnb_4bit_use_double_quant=quantize.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        if not torch.cuda.is_available():
+            kwargs["device_map"] = {"": "cpu"}
+
+    def load(**attn):
+        return AutoModelForCausalLM.from_pretrained(config.path, **kwargs, **attn)
+
+    llm = load_with_attention(load, attn_implementation, f"model.llm.path {config.path}")
+    if quantize is not None:
+        disable_cpu_repacking(llm)
+    return llm
+
+
+def disable_cpu_repacking(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes from repacking 4-bit weights for AVX512-BF16 CPUs.
+
+    On such CPUs (bitsandbytes 0.50) the first no-grad forward repacks each ``Linear4bit``'s
+    weights in place, after which LoRA gradients through that layer come out wrong or missing
+    without any error. Turning the fast path off keeps one weight layout for every forward.
+
+    Returns:
+        The number of 4-bit layers changed.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 def load_tokenizer(

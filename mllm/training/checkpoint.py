@@ -3,8 +3,10 @@
 A stage output (``STAGE/final``) and a periodic checkpoint (``STAGE/checkpoints/step_N``) share
 one layout, so either can be an ``init_from`` or be loaded for inference::
 
-    model.safetensors   weights of every component trained so far (full tensors, even under ZeRO-3)
-    manifest.json       format, stage, step, components, metrics, library versions
+    model.safetensors   weights of every component trained so far (full tensors, even under ZeRO-3);
+                        for an LLM with adapters only the adapter tensors (``...lora_A/B...``)
+                        when its base is the pretrained ``model.llm.path``
+    manifest.json       format, stage, step, components, adapters, metrics, library versions
     recipe.yaml         the resolved recipe
     tokenizer files     the tokenizer with the image token
     engine/, trainer_state.json, rng_state_rank*.safetensors   (periodic checkpoints only)
@@ -24,9 +26,14 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from mllm.config.schema import ADAPTER_MODES, LoraConfig
+from mllm.models.families import get_family
+from mllm.models.lora import ADAPTER_MARK, is_adapted
 
 WEIGHTS_NAME = "model.safetensors"
 MANIFEST_NAME = "manifest.json"
@@ -35,6 +42,9 @@ TRAINER_STATE_NAME = "trainer_state.json"
 ENGINE_DIR = "engine"
 FORMAT = "mllm-checkpoint"
 FORMAT_VERSION = 1
+#: Attribute set on an LLM whose base weights came from a checkpoint (not ``model.llm.path``):
+#: its adapted checkpoints then hold the base weights too.
+BASE_FROM_CHECKPOINT = "mllm_base_from_checkpoint"
 
 
 class CheckpointError(ValueError):
@@ -69,25 +79,69 @@ def _gathered(params: list[nn.Parameter], modify: bool = False):
     return nullcontext()
 
 
+def gathered_parameters(params: list[nn.Parameter], modify: bool = False):
+    """Public form of ``_gathered``: full parameters inside, re-partitioned on exit if ``modify``."""
+    return _gathered(params, modify)
+
+
 def gather_state_dict(
     model: nn.Module, prefixes: Iterable[str], keep: bool
 ) -> dict[str, torch.Tensor]:
     """Full CPU tensors of the parameters and buffers under ``prefixes``.
 
     Collective under ZeRO-3: every rank must call it; only ranks with ``keep`` get tensors.
+    Of a component wrapped with adapters, only the adapter tensors are taken, unless its base
+    weights came from a checkpoint (then the base is part of what was trained so far).
     """
+    skip = _pretrained_base_prefixes(model)
     prefixes = tuple(f"{p}." for p in prefixes)
     state: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
+        if name.startswith(skip) and ADAPTER_MARK not in name:
+            continue
         if name.startswith(prefixes):
             with _gathered([param]):
                 if keep:
                     state[name] = param.detach().to("cpu", copy=True).contiguous()
     persistent = set(model.state_dict(keep_vars=True))
     for name, buffer in model.named_buffers():
+        if name.startswith(skip):
+            continue
         if keep and name.startswith(prefixes) and name in persistent:
             state[name] = buffer.detach().to("cpu", copy=True).contiguous()
     return state
+
+
+def _pretrained_base_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Name prefixes of adapter-wrapped components whose base is the pretrained one."""
+    prefixes = []
+    for name, module in model.named_children():
+        if is_adapted(module) and not getattr(module.get_base_model(), BASE_FROM_CHECKPOINT, False):
+            prefixes.append(f"{name}.")
+    return tuple(prefixes)
+
+
+def adapters_manifest(recipe_yaml: str, stage: str, state: dict[str, torch.Tensor]) -> dict:
+    """``{component: {mode, r, alpha, dropout, target_modules, ..., base}}`` of a stage's
+    adapters, from the resolved recipe; ``base`` says whether the base weights are saved."""
+    raw = yaml.safe_load(recipe_yaml)
+    train = raw["stages"][stage].get("train", {})
+    adapters = {}
+    for component, mode in train.items():
+        if mode not in ADAPTER_MODES:
+            continue
+        settings = dict(raw["stages"][stage].get("lora") or {})
+        if not settings.get("target_modules"):
+            settings["target_modules"] = list(
+                get_family(raw["model"]["llm"]["family"]).lora_target_modules
+            )
+        saved_base = any(k.startswith(f"{component}.") and ADAPTER_MARK not in k for k in state)
+        adapters[component] = {
+            "mode": mode,
+            **LoraConfig(**settings).model_dump(),
+            "base": "saved" if saved_base else "pretrained",
+        }
+    return adapters
 
 
 def load_weights(model: nn.Module, folder: Path) -> list[str]:
@@ -188,8 +242,14 @@ def write_weights_and_manifest(
     metrics: dict[str, float],
     recipe_yaml: str,
     tokenizer,
+    adapters: dict | None = None,
+    extra: dict | None = None,
 ) -> None:
-    """Write the loadable part of a checkpoint into ``folder`` (the manifest last)."""
+    """Write the loadable part of a checkpoint into ``folder`` (the manifest last).
+
+    ``adapters`` defaults to what the recipe's stage says (``adapters_manifest``); ``extra``
+    adds keys to the manifest.
+    """
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     (folder / RECIPE_NAME).write_text(recipe_yaml)
     tokenizer.save_pretrained(str(folder))
@@ -199,9 +259,11 @@ def write_weights_and_manifest(
         "stage": stage,
         "step": step,
         "components": components,
+        "adapters": adapters_manifest(recipe_yaml, stage, state) if adapters is None else adapters,
         "metrics": metrics,
         "versions": library_versions(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
     }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -91,6 +91,7 @@ class Trainer:
             config=ds_config,
         )
         self.step = 0
+        self.skipped_records: set[str] = set()  # distinct records dropped at load time (this rank)
         self.metrics = MetricsLogger(
             self.out_dir, recipe.logging, f"{recipe.name}/{stage_name}", runtime.is_main
         )
@@ -116,6 +117,9 @@ class Trainer:
             persistent_workers=False,
             pin_memory=self.runtime.device.type == "cuda",
             prefetch_factor=2 if workers else None,
+            # Its own generator: starting the loader must not draw from the global RNG, or a
+            # resumed run's dropout (e.g. LoRA's) would be one draw off the original's.
+            generator=torch.Generator().manual_seed(self.recipe.seed + self.step),
         )
 
     def _to_device(self, batch: dict) -> dict:
@@ -140,9 +144,17 @@ class Trainer:
             desc=self.stage_name,
             dynamic_ncols=True,
         )
-        window = {"loss": 0.0, "micro": 0, "tokens": 0, "start": time.perf_counter()}
         with StopRequests() as stop:
-            last = self._run_steps(model, progress, window, stop)
+            last = self._run_steps(model, progress, _new_window(), stop)
+        dropped = len(getattr(self.dataset, "dropped", ()))
+        if dropped or self.skipped_records:
+            logger.warning(
+                "stage %s skipped %d records before training and %d while loading (rank %d)",
+                self.stage_name,
+                dropped,
+                len(self.skipped_records),
+                self.runtime.rank,
+            )
         progress.close()
         self.metrics.close()
         return last
@@ -153,13 +165,17 @@ class Trainer:
         last: dict[str, float] = {}
         micro = 0
         for batch in self._loader():
-            batch = self._to_device(batch)
-            loss = model(**batch).loss
+            window["skipped"] += self._note_skipped(batch.pop("skipped", ()))
+            if batch["input_ids"].shape[0]:
+                batch = self._to_device(batch)
+                loss = model(**batch).loss
+                window["loss"] += loss.item()
+                window["micro"] += 1
+                window["tokens"] += int(batch["attention_mask"].sum())
+            else:
+                loss = self._zero_loss(model)
             model.backward(loss)
             model.step()
-            window["loss"] += loss.item()
-            window["micro"] += 1
-            window["tokens"] += int(batch["attention_mask"].sum())
             micro += 1
             if micro % self.accumulation:
                 continue
@@ -167,7 +183,7 @@ class Trainer:
             progress.update(1)
             if self.step % self.stage.log_every == 0 or self.step == self.total_steps:
                 last = self._log(window, progress)
-                window = {"loss": 0.0, "micro": 0, "tokens": 0, "start": time.perf_counter()}
+                window = _new_window()
             if (
                 self.stage.save_every
                 and self.step % self.stage.save_every == 0
@@ -183,9 +199,29 @@ class Trainer:
                 raise TrainingInterrupted(signum, str(saved))
         return last
 
+    def _note_skipped(self, skipped) -> int:
+        """Log each record dropped at load time once; returns how many this batch lost."""
+        for bad in skipped:
+            if bad.where not in self.skipped_records:
+                self.skipped_records.add(bad.where)
+                logger.warning("skipped %s [%s]: %s", bad.where, bad.kind, bad.reason)
+        return len(skipped)
+
+    def _zero_loss(self, model) -> torch.Tensor:
+        """A loss of exactly 0 through the whole model, for a micro-batch whose samples were
+        all dropped: every rank still runs forward/backward, keeping collectives and gradient
+        accumulation in step, and the update is unchanged."""
+        pad = self.built.tokenizer.pad_token_id
+        dummy = {
+            "input_ids": torch.tensor([[pad]]),
+            "attention_mask": torch.tensor([[1]]),
+        }
+        return model(**self._to_device(dummy)).logits.sum() * 0.0
+
     def _log(self, window: dict, progress: tqdm) -> dict[str, float]:
-        loss_sum, micro, tokens = all_reduce_sum(
-            [window["loss"], window["micro"], window["tokens"]], self.runtime.device
+        loss_sum, micro, tokens, skipped = all_reduce_sum(
+            [window["loss"], window["micro"], window["tokens"], window["skipped"]],
+            self.runtime.device,
         )
         elapsed = time.perf_counter() - window["start"]
         values = {
@@ -193,6 +229,8 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "tokens_per_s": tokens / max(elapsed, 1e-9),
         }
+        if skipped:
+            values["skipped_samples"] = skipped
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             values["grad_norm"] = float(grad_norm)
@@ -310,3 +348,8 @@ class Trainer:
         self.metrics.drop_after(self.step)  # rows a killed run logged past its last checkpoint
         logger.info("resumed from %s at step %d of %d", folder, self.step, self.total_steps)
         return True
+
+
+def _new_window() -> dict:
+    """Accumulators between two metric rows."""
+    return {"loss": 0.0, "micro": 0, "tokens": 0, "skipped": 0, "start": time.perf_counter()}

@@ -1,0 +1,241 @@
+"""Scan LLaVA data files for every problem training would hit, without training.
+
+Three passes over one data set: the records' structure (``validate.check_record``, the same
+checks ``ConversationDataset`` applies), the image files (``image_check``, parallel), and,
+given a tokenizer, the token lengths (``tokenize_rendered``, batched, the same drop and
+truncation rules as training). Records are read whole first; nothing is tokenized one record
+at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from mllm.data.images import DEFAULT_MAX_PIXELS
+from mllm.data.preflight.image_check import ImageResult, inspect_all, locate
+from mllm.data.preflight.report import CheckReport, Finding
+from mllm.data.records import DataError, read_records
+from mllm.data.templates import DEFAULT_IMAGE_TOKEN, Template
+from mllm.data.tokenize import DroppedSample, check_tokenizer, tokenize_rendered
+from mllm.data.validate import CheckedRecord, check_record
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# Records per tokenizer call: one call runs in parallel in Rust.
+_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """What token lengths need: the tokenizer (image and template tokens added), the
+    placeholders per image and the longest sample."""
+
+    tokenizer: PreTrainedTokenizerBase
+    image_tokens: int
+    max_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """A record, for attaching findings."""
+
+    file: str
+    index: int
+    id: Any
+
+
+def check_data(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    name: str,
+    image_folder: str | os.PathLike[str] | None,
+    policy: Literal["fail", "skip"] = "fail",
+    image_token: str = DEFAULT_IMAGE_TOKEN,
+    template: Template | None = None,
+    tokens: TokenSettings | None = None,
+    check_images: bool = True,
+    decode_images: bool = False,
+    workers: int = 1,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    image_mode: str = "pad",
+) -> CheckReport:
+    """Check data files as training would read them.
+
+    Args:
+        paths: ``.json``/``.jsonl`` files, one data set.
+        name: a label for the report (the stage name, or ``data``).
+        image_folder: image paths are relative to it and confined to it (``None``: used as
+            given, as training does).
+        policy: ``fail`` or ``skip``, for the verdict.
+        image_token: the image marker.
+        template: render each record with it (requires nothing else); ``None`` checks the
+            structure only.
+        tokens: measure token lengths (needs ``template``).
+        check_images: check the image files.
+        decode_images: decode every image (finds all truncated/corrupt files; slower).
+        workers: processes for the image pass.
+        max_pixels: images whose header claims more are errors (in ``pad`` mode: more
+            after padding to a square, as training allocates it).
+        image_mode: the stage's ``image_aspect_ratio`` (``pad``, ``crop``, ``resize``).
+
+    Returns:
+        The findings and statistics.
+
+    Raises:
+        ValueError: ``tokens`` without ``template``.
+        TypeError, ValueError: a tokenizer that cannot serve ``template`` (see
+            ``check_tokenizer``).
+    """
+    if tokens is not None and template is None:
+        raise ValueError("token lengths need a template")
+    report = CheckReport(name=name, policy=policy, files=[os.fspath(path) for path in paths])
+    if template is not None:
+        report.settings = f"template {template.name}"
+    if tokens is not None:
+        report.max_length = tokens.max_length
+        report.settings += f", max_length {tokens.max_length}, {tokens.image_tokens} tokens/image"
+    valid: list[tuple[_Ref, CheckedRecord]] = []
+    seen_ids: dict[Hashable, _Ref] = {}
+    for path in report.files:
+        try:
+            records = read_records(path, keep_invalid=True)
+        except (DataError, OSError) as err:
+            kind = "json_syntax" if "invalid JSON" in str(err) else "file_unreadable"
+            report.findings.append(Finding(path, None, None, kind, "error", _message(err, path)))
+            continue
+        report.records += len(records)
+        for index, record in enumerate(records):
+            record_id = record.get("id") if isinstance(record, dict) else None
+            ref = _Ref(path, index, record_id)
+            checked = check_record(record, image_token=image_token, template=template)
+            if not isinstance(checked, CheckedRecord):
+                reason = f"field {checked.field!r}: {checked.reason}"
+                report.findings.append(_finding(ref, checked.kind, "error", reason))
+                continue
+            _duplicate_id(ref, seen_ids, report)
+            images = len(checked.images)
+            report.text_only += images == 0
+            report.single_image += images == 1
+            report.multi_image += images > 1
+            valid.append((ref, checked))
+    if check_images:
+        square = image_mode == "pad"
+        _check_images(valid, report, image_folder, max_pixels, decode_images, square, workers)
+    if image_folder is None and any(checked.images for _, checked in valid):
+        report.notes.append(
+            "no image folder: image paths are used as given and not confined (give --images)"
+        )
+    if tokens is not None:
+        _check_lengths(valid, report, image_token, template, tokens)
+    order = {path: position for position, path in enumerate(report.files)}
+    report.findings.sort(key=lambda f: (order[f.file], -1 if f.index is None else f.index))
+    return report
+
+
+def _message(err: Exception, path: str) -> str:
+    text = str(err)
+    return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
+
+
+def _finding(ref: _Ref, kind: str, severity: str, reason: str, image: str | None = None) -> Finding:
+    return Finding(ref.file, ref.index, ref.id, kind, severity, reason, image)  # type: ignore[arg-type]
+
+
+def _duplicate_id(ref: _Ref, seen: dict[Hashable, _Ref], report: CheckReport) -> None:
+    if ref.id is None or not isinstance(ref.id, Hashable):
+        return
+    key = (type(ref.id).__name__, ref.id)
+    first = seen.setdefault(key, ref)
+    if first is not ref:
+        report.findings.append(
+            _finding(
+                ref,
+                "duplicate_id",
+                "warning",
+                f"the id of {first.file}: record {first.index} too",
+            )
+        )
+
+
+def _check_images(
+    valid: list[tuple[_Ref, CheckedRecord]],
+    report: CheckReport,
+    folder: str | os.PathLike[str] | None,
+    max_pixels: int | None,
+    decode: bool,
+    square: bool,
+    workers: int,
+) -> None:
+    """Check each distinct image file once; report it on every record that uses it."""
+    users: dict[str, list[tuple[_Ref, str]]] = {}
+    for ref, checked in valid:
+        for path in checked.images:
+            users.setdefault(path, []).append((ref, path))
+    report.unique_images = len(users)
+    files: dict[str, str] = {}  # data path -> file to inspect
+    for path, refs in users.items():
+        located = locate(folder, path)
+        if isinstance(located, ImageResult):
+            _attach(located, refs, report)
+        else:
+            files[path] = os.fspath(located)
+    results = inspect_all(
+        files.values(), max_pixels=max_pixels, decode=decode, square=square, workers=workers
+    )
+    for path, result in zip(files, results, strict=True):
+        report.images_checked += 1
+        if result.mode is not None:
+            report.image_modes[result.mode] += 1
+        if result.kind is not None:
+            _attach(result, users[path], report)
+
+
+def _attach(result: ImageResult, refs: list[tuple[_Ref, str]], report: CheckReport) -> None:
+    severity = "warning" if result.warning else "error"
+    assert result.kind is not None
+    for ref, path in refs:
+        report.findings.append(_finding(ref, result.kind, severity, result.reason, image=path))
+
+
+def _check_lengths(
+    valid: list[tuple[_Ref, CheckedRecord]],
+    report: CheckReport,
+    image_token: str,
+    template: Template | None,
+    tokens: TokenSettings,
+) -> None:
+    """Tokenize every valid record in large batches, as training does at construction."""
+    assert template is not None
+    image_id = check_tokenizer(tokens.tokenizer, template, image_token=image_token)
+    for first in range(0, len(valid), _CHUNK):
+        chunk = valid[first : first + _CHUNK]
+        rendered = [checked.rendered for _, checked in chunk]
+        samples = tokenize_rendered(
+            rendered,  # type: ignore[arg-type]  # rendered: a template was given
+            tokens.tokenizer,
+            image_token_id=image_id,
+            num_image_tokens=tokens.image_tokens,
+            max_length=tokens.max_length,
+            lengths_only=True,
+        )
+        for (ref, _), sample in zip(chunk, samples, strict=True):
+            report.lengths.append(sample.full_length)
+            if isinstance(sample, DroppedSample):
+                over = sample.full_length - tokens.max_length
+                reason = sample.reason + (f" (over by {over})" if over > 0 else "")
+                report.findings.append(_finding(ref, sample.kind, "error", reason))
+            elif sample.full_length > tokens.max_length:
+                over = sample.full_length - tokens.max_length
+                report.findings.append(
+                    _finding(
+                        ref,
+                        "truncated",
+                        "warning",
+                        f"{sample.full_length} tokens > max_length {tokens.max_length} by "
+                        f"{over}; training cuts the tail",
+                    )
+                )

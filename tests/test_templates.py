@@ -339,5 +339,14 @@ def test_image_marker_in_a_reply_is_an_error() -> None:
 
 
 def test_unknown_template_lists_the_choices() -> None:
-    with pytest.raises(UnknownComponentError, match="chatml, llama3, plain, vicuna_v1"):
+    with pytest.raises(UnknownComponentError, match="chatml, llama3, minigpt4, plain, vicuna_v1"):
         get_template("vicuna")
+
+
+def test_minigpt4_labels_replies_and_separators(tokenizer: PreTrainedTokenizerBase) -> None:
+    sample = tokenize(TWO_TURNS, "minigpt4", tokenizer)
+    labelled, _ = decoded_runs(sample, tokenizer)
+    assert labelled == ["A red circle.###", "top left###"]
+    text, _ = render_text(TWO_TURNS, get_template("minigpt4"), image_token="<image>")
+    assert text.startswith("Give the following image: <Img>ImageContent</Img>.")
+    assert "###Human: <image>\n" in text and "###Assistant: A red circle.###Human: " in text

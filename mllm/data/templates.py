@@ -347,6 +347,23 @@ CHATML = _register(
 )
 
 
+# MiniGPT-4's conversation (CONV_VISION): "SYSTEM###Human: <image> q###Assistant: a###".
+MINIGPT4 = _register(
+    Template(
+        name="minigpt4",
+        system_format="{system}###",
+        user_format="Human: {content}###",
+        assistant_prefix="Assistant: ",
+        assistant_end="###",
+        generation_prefix="Assistant:",
+        default_system=(
+            "Give the following image: <Img>ImageContent</Img>. You will be able to see the "
+            "image once I provide it to you. Please answer my questions."
+        ),
+        stop_strings=("###",),
+    )
+)
+
 def get_template(name: str) -> Template:
     """The template registered as ``name``.
 

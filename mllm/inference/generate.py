@@ -88,6 +88,11 @@ def generate(
         if temperature > 0
         else {"do_sample": False}
     )
+    vocab = tokenizer.get_vocab()
+    # Stop strings that are not one token ("###", "\n" in some vocabularies) end generation too.
+    multi_token_stops = [s for s in get_template(loaded.template).stop_strings if s not in vocab]
+    if multi_token_stops:
+        sampling.update(stop_strings=multi_token_stops, tokenizer=tokenizer)
     output = model.llm.generate(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,

@@ -258,6 +258,8 @@ def test_two_process_zero3_lora_saves_resumes_and_merges(ws, tmp_path):
     raw = tiny_recipe(ws, tmp_path / "run", align={**zero3, "max_steps": 1, "save_every": None})
     raw["stages"]["instruct"].update({**zero3, "train": {**raw["stages"]["instruct"]["train"]}})
     raw["stages"]["instruct"]["train"]["llm"] = "lora"
+    # A stage after the LoRA stage merges its adapters on load (gathered under ZeRO-3).
+    raw["stages"]["polish"] = {**raw["stages"]["align"], "init_from": "stage:instruct"}
     run_train([str(write_recipe(tmp_path / "recipe.yaml", raw))], nproc=2, launcher="deepspeed")
     final = tmp_path / "run/instruct/final"
     saved = load_file(final / "model.safetensors")
@@ -291,6 +293,12 @@ def test_two_process_zero3_lora_saves_resumes_and_merges(ws, tmp_path):
 
     merged = load_checkpoint(merge_checkpoint(final, tmp_path / "merged"))
     torch.testing.assert_close(_logits(merged, ids, pixels), reference, rtol=0, atol=1e-4)
+    polish = load_file(tmp_path / "run/polish/final/model.safetensors")
+    merged_llm = dict(merged.built.model.llm.named_parameters())
+    llm_tensors = {k[len("llm.") :]: v for k, v in polish.items() if k.startswith("llm.")}
+    assert llm_tensors.keys() == merged_llm.keys()
+    for name, tensor in llm_tensors.items():
+        torch.testing.assert_close(tensor, merged_llm[name].detach(), rtol=0, atol=1e-6)
 
 
 def test_merge_equals_unmerged_in_memory(ws, tmp_path):

@@ -1,0 +1,261 @@
+"""``mllm export SRC --format hf-llava --out DIR``: write a model as a transformers Llava folder.
+
+The folder loads with plain transformers, no mllm installed::
+
+    model = LlavaForConditionalGeneration.from_pretrained(DIR)
+    processor = AutoProcessor.from_pretrained(DIR)     # LlavaProcessor: expands <image>
+
+and computes what mllm computes: the same tower layer(s) and CLS handling, the same MLP, the
+same LLM and vocabulary (with the image token), and an image processor that pads to a square
+with the mean colour when the model was trained with ``image_aspect_ratio: pad``. Prompts use
+the model's own template (noted in ``mllm_export.json``); build them with mllm's template or
+write them out, e.g. vicuna_v1: ``"<system> USER: <image>\\nQUESTION ASSISTANT:"``.
+
+Exportable: a ``clip`` or ``siglip`` tower and the ``mlp`` projector of depth 2 (LLaVA-1.5's;
+Llava has no other projector). SRC is an mllm checkpoint (adapters are merged first) or any
+folder ``load_foreign`` reads (an original LLaVA checkpoint, for instance).
+
+CPU:  mllm export runs/demo/shapes-mlp/instruct/final --format hf-llava --out runs/demo/hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers.image_processing_utils import BaseImageProcessor
+
+from mllm.config import RecipeConfig, validate_recipe
+from mllm.data.images import target_size
+from mllm.inference.loading import LoadedModel
+from mllm.interop.detect import ForeignFormatError, detect_format
+from mllm.interop.hf_llava import EXPORT_NOTE, PROJECTOR_NAMES, TOWERS, strategy_for
+from mllm.models.builder import DTYPES
+from mllm.models.multimodal import MultimodalModel
+from mllm.models.registry import VISION_TOWERS
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("hf-llava",)
+#: Image processor settings copied from the tower's processor into Llava's.
+_PROCESSOR_FIELDS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_convert_rgb",
+)
+
+
+class UnsupportedExportError(ValueError):
+    """The export cannot be written: a part the format cannot hold, or an ``--out`` that would
+    replace the source; the message names it."""
+
+
+def check_exportable(recipe: RecipeConfig) -> None:
+    """Raise if transformers' Llava cannot compute what this recipe's model computes.
+
+    Raises:
+        UnsupportedExportError: listing every unsupported part (tower, projector, depth).
+    """
+    model = recipe.model
+    problems = []
+    if model.vision.name not in TOWERS.values():
+        problems.append(
+            f"model.vision.name {model.vision.name!r}: Llava holds {sorted(TOWERS.values())} towers"
+        )
+    depth = getattr(model.projector, "depth", None)
+    if model.projector.name != "mlp" or depth != 2:
+        what = f"{model.projector.name!r}" + (f" (depth {depth})" if depth is not None else "")
+        problems.append(
+            f"model.projector {what}: Llava's projector is a 2-layer MLP with GELU "
+            "(projector 'mlp', depth 2)"
+        )
+    if problems:
+        raise UnsupportedExportError("cannot export to hf-llava:\n  " + "\n  ".join(problems))
+
+
+def llava_config(loaded: LoadedModel) -> LlavaConfig:
+    """The ``LlavaConfig`` of a loaded mllm model (its tower and LLM configs, as they are)."""
+    model, vision = loaded.built.model, loaded.recipe.model.vision
+    layers = vision.feature_layer
+    return LlavaConfig(
+        vision_config=model.vision.encoder.config.to_dict(),
+        text_config=model.llm.config.to_dict(),
+        image_token_index=model.image_token_id,
+        image_seq_length=model.num_image_tokens,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy=strategy_for(vision.select, vision.name),
+        vision_feature_layer=layers[0] if len(layers) == 1 else list(layers),
+        multimodal_projector_bias=True,
+        tie_word_embeddings=model.llm.config.get_text_config().tie_word_embeddings,
+    )
+
+
+def llava_state_dict(model: MultimodalModel) -> dict[str, torch.Tensor]:
+    """mllm tensors under Llava's names (see ``mllm.interop.hf_llava``).
+
+    Raises:
+        UnsupportedExportError: an LLM tensor outside its base model and output head.
+    """
+    state = {f"model.vision_tower.{k}": v for k, v in model.vision.encoder.state_dict().items()}
+    for ours, theirs in PROJECTOR_NAMES.items():
+        for param in ("weight", "bias"):
+            state[f"model.multi_modal_projector.{theirs}.{param}"] = model.projector.get_parameter(
+                f"{ours}.{param}"
+            )
+    llm = model.llm
+    base = llm.base_model_prefix
+    head = next(name for name, m in llm.named_modules() if m is llm.get_output_embeddings())
+    for name, tensor in llm.state_dict().items():
+        if name.startswith(f"{base}."):
+            state[f"model.language_model.{name[len(base) + 1 :]}"] = tensor
+        elif name.startswith(f"{head}."):
+            state[f"lm_head.{name[len(head) + 1 :]}"] = tensor
+        else:
+            raise UnsupportedExportError(f"LLM tensor {name!r} has no place in a Llava model")
+    return state
+
+
+def llava_image_processor(processor: BaseImageProcessor, mode: str) -> BaseImageProcessor:
+    """A ``LlavaImageProcessor`` giving the pixels ``mllm.data.images.prepare_image`` gives.
+
+    ``pad``: Llava's ``do_pad`` (expand to a square with the mean colour), then the tower's
+    resize/crop; ``crop``: the tower's processing as is; ``resize``: stretch to the output size.
+    """
+    from transformers import LlavaImageProcessorPil
+
+    fields = {f: getattr(processor, f) for f in _PROCESSOR_FIELDS if hasattr(processor, f)}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if mode == "resize":
+        height, width = target_size(processor)
+        fields.update(size={"height": height, "width": width}, do_center_crop=False)
+    fields.setdefault("do_center_crop", False)
+    return LlavaImageProcessorPil(**fields, do_pad=mode == "pad")
+
+
+def _load(source: Path, dtype: torch.dtype, **foreign) -> LoadedModel:
+    """Any model folder mllm reads, adapters merged into the LLM (in fp32, as ``mllm merge``)."""
+    if detect_format(source) == "mllm":
+        from mllm.inference.loading import load_checkpoint
+        from mllm.models.lora import merge_adapters
+        from mllm.training.checkpoint import RECIPE_NAME, read_manifest
+
+        # Refuse before loading: a large model takes minutes to load.
+        recipe_path = source / RECIPE_NAME
+        raw = yaml.safe_load(recipe_path.read_text())
+        check_exportable(validate_recipe(raw, str(recipe_path), check_files=False))
+        adapted = bool(read_manifest(source).get("adapters"))
+        loaded = load_checkpoint(source, dtype=torch.float32 if adapted else dtype)
+        if adapted:
+            merge_adapters(loaded.built.model)
+            loaded.built.model.to(dtype)
+        return loaded
+    from mllm.interop import load_foreign
+
+    return load_foreign(source, dtype=dtype, **foreign)
+
+
+def export_hf_llava(
+    source: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "fp32",
+    vision_tower_path: str | None = None,
+    base_llm: str | None = None,
+) -> Path:
+    """Write ``source`` as a transformers Llava folder at ``out`` (atomically).
+
+    Args:
+        source: an mllm checkpoint, or a folder ``load_foreign`` reads.
+        out: the folder to create (replaced if it exists).
+        dtype: ``fp32``, ``bf16`` or ``fp16`` for the saved weights.
+        vision_tower_path, base_llm: passed on for original LLaVA checkpoints.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        UnsupportedExportError: a part Llava cannot hold (tower, projector).
+        ForeignFormatError, CheckpointError: ``source`` cannot be read.
+    """
+    from mllm.training.checkpoint import commit_staging, prepare_staging
+
+    source, out = Path(source).resolve(), Path(out).resolve()
+    if source.is_relative_to(out):
+        raise UnsupportedExportError(f"{out} would replace {source}; export to another folder")
+    foreign = {
+        k: v for k, v in (("vision_tower_path", vision_tower_path), ("base_llm", base_llm)) if v
+    }
+    loaded = _load(source, DTYPES[dtype], **foreign)
+    check_exportable(loaded.recipe)
+    config = llava_config(loaded)
+    with torch.device("meta"):
+        hf = LlavaForConditionalGeneration(config)
+    hf.load_state_dict(llava_state_dict(loaded.built.model), strict=True, assign=True)
+    hf.generation_config = loaded.built.model.llm.generation_config
+    vision = loaded.recipe.model.vision
+    processor = LlavaProcessor(
+        image_processor=llava_image_processor(
+            loaded.built.image_processor, loaded.image_aspect_ratio
+        ),
+        tokenizer=loaded.built.tokenizer,
+        patch_size=loaded.built.model.vision.encoder.config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        image_token=loaded.built.image_token,
+        num_additional_image_tokens=int(VISION_TOWERS.get(vision.name).target.has_cls_token),
+    )
+    staging = prepare_staging(out)
+    hf.save_pretrained(str(staging))
+    processor.save_pretrained(str(staging))
+    note = {
+        "source": str(source),
+        "template": loaded.template,
+        "family": loaded.recipe.model.llm.family,
+        "image_aspect_ratio": loaded.image_aspect_ratio,
+        "num_image_tokens": loaded.built.model.num_image_tokens,
+    }
+    (staging / EXPORT_NOTE).write_text(json.dumps(note, indent=2) + "\n")
+    commit_staging(out)
+    logger.info("exported %s as hf-llava to %s", source, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mllm export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", help="an mllm checkpoint or an original LLaVA / llava-hf folder")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--vision-tower", help="local tower for an original LLaVA checkpoint")
+    parser.add_argument("--base-llm", help="base LLM for a stage-1 (projector-only) LLaVA folder")
+    args = parser.parse_args(argv)
+    from mllm.config import RecipeError
+    from mllm.training.checkpoint import CheckpointError
+
+    try:
+        export_hf_llava(
+            args.source,
+            args.out,
+            dtype=args.dtype,
+            vision_tower_path=args.vision_tower,
+            base_llm=args.base_llm,
+        )
+    except (UnsupportedExportError, ForeignFormatError, CheckpointError, RecipeError) as exc:
+        parser.exit(2, f"mllm export: {exc}\n")
+    return 0

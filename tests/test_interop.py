@@ -1,0 +1,470 @@
+"""Checkpoint interop: original LLaVA folders and transformers' Llava, checked against
+transformers' own Llava implementation on the same weights and inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
+)
+
+from mllm.cli import main as cli
+from mllm.config import dump_recipe, validate_recipe
+from mllm.config.checks import qlora_unavailable_reason
+from mllm.data.images import prepare_image
+from mllm.data.templates import get_template
+from mllm.inference.generate import GenerationRequest, generate
+from mllm.inference.loading import load_checkpoint
+from mllm.interop import ForeignFormatError, detect_format, load_foreign
+from mllm.interop.export import UnsupportedExportError, check_exportable, export_hf_llava
+from mllm.interop.llava import llava_prompt_ids
+from mllm.models.builder import build_model, special_tokens_for
+from mllm.tiny import UNK_ID, make_tiny_models
+from mllm.training import checkpoint as ckpt
+
+QLORA_SKIP = qlora_unavailable_reason()
+TOWER_ID = "openai/clip-vit-large-patch14-336"  # what LLaVA-1.5 configs name; never downloaded
+QUESTION = [{"from": "human", "value": "<image>\nWhat color is the shape?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    return make_tiny_models(tmp_path_factory.mktemp("models"), image_size=32, patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    """A non-square image, so padding to a square matters."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(24, 40, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _llava_state(tiny: dict[str, Path], tower_noise: float = 0.0) -> dict[str, torch.Tensor]:
+    """LLaVA-1.5's tensor names: the LLM as is, ``model.mm_projector.{0,2}``, and the tower
+    under ``model.vision_tower.vision_tower`` (optionally changed, as after tower training)."""
+    state = load_file(tiny["llama"] / "model.safetensors")
+    generator = torch.Generator().manual_seed(3)
+    for name, tensor in load_file(tiny["clip"] / "model.safetensors").items():
+        noise = tower_noise * torch.randn(tensor.shape, generator=generator)
+        state[f"model.vision_tower.vision_tower.{name}"] = tensor + noise
+    for index in (0, 2):
+        state[f"model.mm_projector.{index}.weight"] = 0.2 * torch.randn(64, 64, generator=generator)
+        state[f"model.mm_projector.{index}.bias"] = 0.2 * torch.randn(64, generator=generator)
+    return state
+
+
+def _llava_config(tiny: dict[str, Path], **changes) -> dict:
+    config = json.loads((tiny["llama"] / "config.json").read_text())
+    config.update(
+        architectures=["LlavaLlamaForCausalLM"],
+        model_type="llava",
+        mm_vision_tower=TOWER_ID,
+        mm_hidden_size=64,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        image_aspect_ratio="pad",
+        tune_mm_mlp_adapter=False,
+        use_mm_proj=True,
+    )
+    config.update(changes)
+    return config
+
+
+def _write_llava(folder: Path, tiny, state, *, shards: int = 2, **changes) -> Path:
+    """A LLaVA-1.5 checkpoint folder: config, tokenizer and (sharded) safetensors weights."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(_llava_config(tiny, **changes), indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        shutil.copy(tiny["llama"] / name, folder / name)
+    names = sorted(state)
+    weight_map = {}
+    for shard in range(shards):
+        file = f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: state[n].contiguous() for n in names[shard::shards]}
+        save_file(part, str(folder / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": size}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+def _reference_llava(tiny, state, vocab: int) -> LlavaForConditionalGeneration:
+    """transformers' port of LLaVA on the same tensors. LLaVA splices image features in place of
+    a -200 id; here the placeholder is <unk> (no prompt has one), so the vocabulary is LLaVA's."""
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
+        text_config=LlamaConfig.from_pretrained(tiny["llama"]),
+        image_token_index=UNK_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    assert config.text_config.vocab_size == vocab
+    mapped = {}
+    for name, tensor in state.items():
+        if name.startswith("model.vision_tower.vision_tower."):
+            mapped[
+                "model.vision_tower." + name.removeprefix("model.vision_tower.vision_tower.")
+            ] = tensor
+        elif name.startswith("model.mm_projector."):
+            index, param = name.removeprefix("model.mm_projector.").split(".")
+            mapped[f"model.multi_modal_projector.linear_{1 + int(index) // 2}.{param}"] = tensor
+        elif name.startswith("model."):
+            mapped["model.language_model." + name.removeprefix("model.")] = tensor
+        else:
+            mapped[name] = tensor
+    reference = LlavaForConditionalGeneration(config)
+    reference.load_state_dict(mapped, strict=True)
+    return reference.eval()
+
+
+def _llava_tokenizer_image_token(tokenizer, prompt: str) -> list[int]:
+    """LLaVA's mm_utils.tokenizer_image_token, restated: chunks joined by -200, BOS once."""
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    joined = [x for chunk in chunks for x in (chunk, [-200, -200])][:-1]
+    offset = 1 if chunks[0][:1] == [tokenizer.bos_token_id] else 0
+    ids = [tokenizer.bos_token_id] if offset else []
+    for part in joined:
+        ids.extend(part[offset:])
+    return ids
+
+
+@pytest.mark.parametrize("trained_tower", [False, True], ids=["frozen-tower", "trained-tower"])
+def test_llava_checkpoint_matches_llavas_computation(tiny, image, tmp_path, trained_tower):
+    state = _llava_state(tiny, tower_noise=0.05 if trained_tower else 0.0)
+    folder = _write_llava(tmp_path / "ckpt", tiny, state, unfreeze_mm_vision_tower=trained_tower)
+    assert detect_format(folder) == "llava"
+    loaded = load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+    model, tokenizer = loaded.built.model, loaded.built.tokenizer
+    assert (loaded.template, loaded.image_aspect_ratio) == ("vicuna_v1", "pad")
+    assert loaded.recipe.model.vision.feature_layer == [-2]
+    assert loaded.manifest["prompt_tokenization"] == "llava"
+
+    # LLaVA's preprocessing: expand2square with the mean colour, then CLIP's processor.
+    pixels = prepare_image(image, loaded.built.image_processor, loaded.image_aspect_ratio)
+    processor = loaded.built.image_processor
+    llava_processor = LlavaImageProcessorPil(
+        do_pad=True,
+        size=processor.size,
+        crop_size=processor.crop_size,
+        image_mean=processor.image_mean,
+        image_std=processor.image_std,
+    )
+    expected_pixels = llava_processor(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(pixels, expected_pixels, rtol=0, atol=0)
+
+    # conv_vicuna_v1's prompt with the image first in the question, tokenized LLaVA's way.
+    prompt = get_template(loaded.template).generation_prompt(QUESTION)
+    assert prompt.endswith(" USER: <image>\nWhat color is the shape? ASSISTANT:")
+    assert prompt.startswith("A chat between a curious user and an artificial intelligence")
+    ids = llava_prompt_ids(
+        tokenizer,
+        prompt,
+        image_token="<image>",
+        image_token_id=model.image_token_id,
+        num_image_tokens=model.num_image_tokens,
+    )
+    llava_ids = _llava_tokenizer_image_token(tokenizer, prompt)
+    assert llava_ids.count(-200) == 1 and model.num_image_tokens == 16
+    cut = llava_ids.index(-200)
+    expanded = llava_ids[:cut] + [UNK_ID] * 16 + llava_ids[cut + 1 :]
+    assert ids == [model.image_token_id if i == UNK_ID else i for i in expanded]
+
+    vocab = len(tokenizer) - 1  # LLaVA's vocabulary: mllm adds <image> after it
+    reference = _reference_llava(tiny, state, vocab)
+    with torch.no_grad():
+        ours = model(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).logits
+        theirs = reference(
+            input_ids=torch.tensor([expanded]), pixel_values=expected_pixels[None]
+        ).logits
+    torch.testing.assert_close(ours[..., :vocab], theirs, rtol=0, atol=1e-5)
+
+
+def test_llava_checkpoint_exports_to_hf_llava(tiny, image, tmp_path):
+    folder = _write_llava(tmp_path / "ckpt", tiny, _llava_state(tiny))
+    out = tmp_path / "hf"
+    args = ["export", str(folder), "--format", "hf-llava", "--out", str(out)]
+    assert cli([*args, "--vision-tower", str(tiny["clip"])]) == 0
+    ours = load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out, backend="pil")
+    assert processor.image_processor.do_pad  # LLaVA-1.5's image_aspect_ratio: pad
+    prompt = get_template(ours.template).generation_prompt(QUESTION)
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        expected = ours.built.model(**inputs).logits
+        torch.testing.assert_close(hf(**inputs).logits, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(QLORA_SKIP is not None, reason=str(QLORA_SKIP))
+def test_foreign_llms_load_in_4bit(tiny, tmp_path):
+    from bitsandbytes.nn import Linear4bit
+
+    folder = _write_llava(tmp_path / "ckpt", tiny, _llava_state(tiny))
+    tower = str(tiny["clip"])
+    export_hf_llava(folder, tmp_path / "hf", vision_tower_path=tower)
+    for loaded in (
+        load_foreign(folder, vision_tower_path=tower, quantize="4bit"),
+        load_foreign(tmp_path / "hf", quantize="4bit"),
+    ):
+        model = loaded.built.model
+        assert isinstance(model.llm.model.layers[0].self_attn.q_proj, Linear4bit)
+        kept = [model.llm.lm_head, *model.projector.modules(), *model.vision.modules()]
+        assert not any(isinstance(m, Linear4bit) for m in kept)
+        ids = torch.tensor([[1, 5] + [model.image_token_id] * model.num_image_tokens + [6]])
+        with torch.no_grad():
+            logits = model(ids, pixel_values=torch.zeros(1, 3, 32, 32)).logits
+        assert logits.shape[:2] == ids.shape and torch.isfinite(logits).all()
+
+
+def test_llava_pickled_weights_are_converted_once(tiny, tmp_path):
+    state = _llava_state(tiny)
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]  # shared storage, as when tied
+    folder = _write_llava(tmp_path / "bin", tiny, {}, shards=1)
+    for file in folder.glob("model*.safetensors*"):
+        file.unlink()
+    names = sorted(state, key=lambda n: not n.startswith(("lm_head", "model.embed")))
+    weight_map = {}
+    for index, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+        file = f"pytorch_model-{index + 1:05d}-of-00002.bin"
+        torch.save({n: state[n] for n in part}, folder / file)
+        weight_map.update(dict.fromkeys(part, file))
+    index = {"metadata": {"total_size": 1}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+    with pytest.raises(ForeignFormatError, match="mllm convert-llava"):
+        load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+    converted = tmp_path / "st"
+    assert cli(["convert-llava", str(folder), "--out", str(converted)]) == 0
+    assert sorted(p.name for p in converted.glob("model*")) == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    assert not list(converted.glob("*.bin")) and (converted / "tokenizer.json").is_file()
+    loaded = load_foreign(converted, vision_tower_path=str(tiny["clip"]))
+    projector = loaded.built.model.projector
+    torch.testing.assert_close(projector.layers[2].bias, state["model.mm_projector.2.bias"])
+    torch.testing.assert_close(
+        loaded.built.model.llm.lm_head.weight[:-1], state["model.embed_tokens.weight"]
+    )
+
+
+def test_llava_stage1_projector_needs_its_base_llm(tiny, tmp_path):
+    folder = tmp_path / "pretrain"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(_llava_config(tiny)))
+    state = _llava_state(tiny)
+    projector = {k: v for k, v in state.items() if k.startswith("model.mm_projector.")}
+    save_file(projector, str(folder / "mm_projector.safetensors"))
+    with pytest.raises(ForeignFormatError, match="base_llm"):
+        load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+    loaded = load_foreign(folder, vision_tower_path=str(tiny["clip"]), base_llm=str(tiny["llama"]))
+    assert loaded.template == "plain"  # LLaVA pretrains the projector on captions
+    weight = loaded.built.model.projector.layers[0].weight
+    torch.testing.assert_close(weight, projector["model.mm_projector.0.weight"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mm_projector_type": "qformer"}, "mm_projector_type 'qformer'"),
+        ({"image_aspect_ratio": "anyres"}, "image_aspect_ratio 'anyres'"),
+        ({"mm_use_im_start_end": True}, "mm_use_im_start_end"),
+        ({"architectures": ["LlavaMptForCausalLM"]}, "LlavaMptForCausalLM"),
+    ],
+)
+def test_llava_features_mllm_cannot_reproduce_are_named(tiny, tmp_path, change, message):
+    folder = _write_llava(tmp_path / "ckpt", tiny, {"x": torch.zeros(1)}, shards=1, **change)
+    with pytest.raises(ForeignFormatError, match=message):
+        load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+
+
+def test_llava_tower_that_cannot_be_loaded_asks_for_a_local_copy(tiny, tmp_path):
+    folder = _write_llava(tmp_path / "ckpt", tiny, _llava_state(tiny), shards=1)
+    with pytest.raises(ForeignFormatError, match="--vision-tower"):
+        load_foreign(folder, vision_tower_path=str(tmp_path / "missing"))
+
+
+def test_format_is_read_from_contents_not_names(tiny, tmp_path):
+    named = tmp_path / "llava-v1.5-7b"  # a LLaVA-sounding name on a plain Llama folder
+    shutil.copytree(tiny["llama"], named)
+    with pytest.raises(ForeignFormatError, match="not a LLaVA checkpoint"):
+        detect_format(named)
+
+
+def _mllm_checkpoint(tiny, folder: Path, vision: dict | None = None, **data) -> Path:
+    """An mllm stage output with a random projector (nothing needs training for interop)."""
+    vision = vision or {"name": "clip", "path": str(tiny["clip"])}
+    raw = {
+        "name": "tiny",
+        "output_dir": str(folder.parent),
+        "model": {
+            "vision": vision,
+            "projector": {"name": "mlp", "depth": 2},
+            "llm": {"path": str(tiny["llama"]), "family": "llama"},
+        },
+        "stages": {
+            "instruct": {
+                "data": {"path": "unused.json", **data},
+                "optim": {"lr": 1e-4},
+                "global_batch_size": 1,
+                "micro_batch_size": 1,
+            }
+        },
+    }
+    recipe = validate_recipe(raw, "test", check_files=False)
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    state = ckpt.gather_state_dict(built.model, ["projector"], keep=True)
+    staging = ckpt.prepare_staging(folder)
+    ckpt.write_weights_and_manifest(
+        staging,
+        state,
+        stage="instruct",
+        step=1,
+        components=["projector"],
+        metrics={},
+        recipe_yaml=dump_recipe(recipe),
+        tokenizer=built.tokenizer,
+    )
+    ckpt.commit_staging(folder)
+    return folder
+
+
+def _answer(processor, ids: torch.Tensor) -> str:
+    text = processor.tokenizer.decode(ids, skip_special_tokens=False)
+    return text.split("</s>")[0].strip()
+
+
+def test_export_to_hf_llava_and_back(tiny, image, tmp_path):
+    source = _mllm_checkpoint(tiny, tmp_path / "final")
+    assert detect_format(source) == "mllm"
+    out = tmp_path / "hf"
+    assert cli(["export", str(source), "--format", "hf-llava", "--out", str(out)]) == 0
+    assert detect_format(out) == "llava-hf"
+
+    ours = load_checkpoint(source)
+    model = ours.built.model
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out, backend="pil")
+    prompt = get_template(ours.template).generation_prompt(QUESTION)
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    ids = ours.built.tokenizer(prompt).input_ids
+    cut = ids.index(model.image_token_id)
+    ids = ids[:cut] + [model.image_token_id] * model.num_image_tokens + ids[cut + 1 :]
+    assert inputs["input_ids"][0].tolist() == ids
+    pixels = prepare_image(image, ours.built.image_processor, ours.image_aspect_ratio)
+    torch.testing.assert_close(inputs["pixel_values"][0], pixels, rtol=0, atol=0)
+
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).logits
+        logits = hf(**inputs).logits
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)
+    new = 6
+    answer = generate(ours, [GenerationRequest(QUESTION, [image])], max_new_tokens=new)[0]
+    greedy = hf.generate(**inputs, max_new_tokens=new, do_sample=False)
+    assert _answer(processor, greedy[0, len(ids) :]) == answer
+
+    back = load_foreign(out)
+    assert (back.template, back.image_aspect_ratio) == (ours.template, ours.image_aspect_ratio)
+    assert back.built.model.image_token_id == model.image_token_id
+    with torch.no_grad():
+        again = back.built.model(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).logits
+    torch.testing.assert_close(again, expected, rtol=0, atol=1e-5)
+
+    # transformers writes Llava tensors under their 4.x names (language_model.model.*, ...);
+    # a folder with the module names (model.language_model.*, ...) loads the same.
+    renamed_folder = tmp_path / "renamed"
+    shutil.copytree(out, renamed_folder)
+    (renamed_folder / "mllm_export.json").unlink()
+    prefixes = {
+        "language_model.model.": "model.language_model.",
+        "language_model.lm_head.": "lm_head.",
+        "vision_tower.": "model.vision_tower.",
+        "multi_modal_projector.": "model.multi_modal_projector.",
+    }
+    renamed = {}
+    for name, tensor in load_file(out / "model.safetensors").items():
+        old, new = next((o, n) for o, n in prefixes.items() if name.startswith(o))
+        renamed[new + name.removeprefix(old)] = tensor
+    save_file(renamed, str(renamed_folder / "model.safetensors"), metadata={"format": "pt"})
+    hub = load_foreign(renamed_folder)
+    assert (hub.template, hub.image_aspect_ratio) == ("vicuna_v1", "pad")  # llama's default
+    with torch.no_grad():
+        again = hub.built.model(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).logits
+    torch.testing.assert_close(again, expected, rtol=0, atol=1e-5)
+
+
+def test_export_siglip_with_two_feature_layers_and_stretched_images(tiny, image, tmp_path):
+    vision = {"name": "siglip", "path": str(tiny["siglip"]), "feature_layer": [-2, -1]}
+    source = _mllm_checkpoint(tiny, tmp_path / "final", vision, image_aspect_ratio="resize")
+    out = tmp_path / "hf"
+    assert cli(["export", str(source), "--format", "hf-llava", "--out", str(out)]) == 0
+    ours = load_checkpoint(source)
+    model = ours.built.model
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    assert (hf.config.vision_feature_layer, hf.config.vision_feature_select_strategy) == (
+        [-2, -1],
+        "full",  # SigLIP has no CLS token: every token is a patch
+    )
+    processor = AutoProcessor.from_pretrained(out, backend="pil")
+    inputs = processor(
+        images=image, text="USER: <image>\nDescribe. ASSISTANT:", return_tensors="pt"
+    )
+    assert int((inputs["input_ids"] == model.image_token_id).sum()) == model.num_image_tokens
+    pixels = prepare_image(image, ours.built.image_processor, "resize")
+    torch.testing.assert_close(inputs["pixel_values"][0], pixels, rtol=0, atol=0)
+    with torch.no_grad():
+        expected = model(inputs["input_ids"], pixel_values=pixels[None]).logits
+        torch.testing.assert_close(hf(**inputs).logits, expected, rtol=0, atol=1e-4)
+        back = load_foreign(out).built.model
+        again = back(inputs["input_ids"], pixel_values=pixels[None]).logits
+    torch.testing.assert_close(again, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("vision", "projector", "message"),
+    [
+        ({"name": "dinov2"}, {"name": "mlp", "depth": 2}, "model.vision.name 'dinov2'"),
+        ({"name": "clip"}, {"name": "linear"}, "model.projector 'linear'"),
+        ({"name": "clip"}, {"name": "mlp", "depth": 3}, r"'mlp' \(depth 3\)"),
+        ({"name": "clip"}, {"name": "qformer", "num_queries": 8}, "model.projector 'qformer'"),
+    ],
+)
+def test_export_names_what_llava_cannot_hold(vision, projector, message):
+    raw = {
+        "name": "x",
+        "output_dir": "out",
+        "model": {
+            "vision": {**vision, "path": "tower"},
+            "projector": projector,
+            "llm": {"path": "llm", "family": "llama"},
+        },
+        "stages": {
+            "s": {
+                "data": {"path": "d.json"},
+                "optim": {"lr": 1e-4},
+                "global_batch_size": 1,
+                "micro_batch_size": 1,
+            }
+        },
+    }
+    recipe = validate_recipe(raw, "test", check_files=False)
+    with pytest.raises(UnsupportedExportError, match=message):
+        check_exportable(recipe)

@@ -55,6 +55,30 @@ def _merge(argv: list[str]) -> int:
     return merge_main(argv) or 0
 
 
+def _chat(argv: list[str]) -> int:
+    from mllm.inference.chat import main as chat_main
+
+    return chat_main(argv) or 0
+
+
+def _serve(argv: list[str]) -> int:
+    from mllm.serve.server import main as serve_main
+
+    return serve_main(argv) or 0
+
+
+def _export(argv: list[str]) -> int:
+    from mllm.interop.export import main as export_main
+
+    return export_main(argv) or 0
+
+
+def _convert_llava(argv: list[str]) -> int:
+    from mllm.interop.llava import main as convert_main
+
+    return convert_main(argv) or 0
+
+
 #: Sub-commands that own their argument parsing (each has ``--help``).
 DELEGATED = {
     "data": (_data, "check data files (or a recipe's stages) for bad records before training"),
@@ -62,6 +86,10 @@ DELEGATED = {
     "demo-data": (_demo_data, "generate the synthetic shapes visual-QA dataset"),
     "eval": (_eval, "answer LLaVA-format questions with a checkpoint and score them"),
     "merge": (_merge, "fold LoRA adapters into the LLM and write a standalone model folder"),
+    "chat": (_chat, "chat with a checkpoint about an image in the terminal (or --prompt once)"),
+    "serve": (_serve, "serve a checkpoint over an OpenAI-compatible HTTP API"),
+    "export": (_export, "export a checkpoint to another layout (hf-llava)"),
+    "convert-llava": (_convert_llava, "convert an original LLaVA checkpoint to safetensors"),
 }
 
 

@@ -1,15 +1,36 @@
-"""Batched generation from conversations with images, in the model's own template."""
+"""Batched generation from conversations with images, in the model's own template.
+
+One code path serves every caller: prompts are left-padded into one batch for transformers'
+``generate`` (KV cache on), and every generated token goes through a
+:class:`~mllm.inference.decoding.StopStringDecoder` per row. :func:`generate` returns the
+answers; :func:`stream` runs the same loop in a worker thread and yields text deltas as they
+are decoded, so a streamed answer equals the plain one.
+
+CPU-sized example (a trained checkpoint, one image)::
+
+    loaded = load_model("runs/demo/shapes-mlp/instruct/final")
+    request = GenerationRequest([{"from": "human", "value": "<image>\\nWhat color is it?"}],
+                                [load_image("shape.png")])
+    print(generate(loaded, [request])[0])
+    for delta in stream(loaded, [request]):
+        print(delta.text, end="", flush=True)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from mllm.data.images import prepare_image
 from mllm.data.templates import get_template
+from mllm.inference.decoding import FinishReason, StopStringDecoder
 from mllm.inference.loading import LoadedModel
 
 
@@ -21,9 +42,65 @@ class GenerationRequest:
     images: list[Image.Image] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How tokens are chosen and when generation ends.
+
+    Attributes:
+        max_new_tokens: budget per answer (the stop token counts).
+        temperature: 0 is greedy; above 0 samples from the softened distribution.
+        top_p: nucleus sampling mass (only when sampling).
+        seed: seeds torch's generator right before generating, so sampling repeats exactly.
+        stop: extra stop strings on top of the template's.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished answer: its text, why it ended, and token counts (image tokens included)."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of the answer to request ``index`` of the batch."""
+
+    index: int
+    text: str
+
+
+@dataclass
+class _Prepared:
+    """A batch ready for ``generate``: left-padded ids, their mask and the images' pixels."""
+
+    input_ids: torch.Tensor  # [batch, width]
+    attention_mask: torch.Tensor  # [batch, width]
+    pixel_values: torch.Tensor | None  # [num_images, 3, H, W]
+    prompt_lengths: list[int]
+
+
 def _encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
+    """The prompt's ids in the model's template, each image marker expanded to its tokens."""
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
-    image_token = loaded.recipe.model.image_token
+    image_token = loaded.built.image_token
     text = get_template(loaded.template).generation_prompt(
         request.conversation, image_token=image_token
     )
@@ -31,6 +108,17 @@ def _encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]
     if markers != len(request.images):
         raise ValueError(
             f"the conversation has {markers} {image_token} markers but {len(request.images)} images"
+        )
+    if loaded.manifest.get("prompt_tokenization") == "llava":
+        # Original LLaVA checkpoints saw prompts tokenized piece by piece around each image.
+        from mllm.interop.llava import llava_prompt_ids
+
+        return llava_prompt_ids(
+            tokenizer,
+            text,
+            image_token=image_token,
+            image_token_id=model.image_token_id,
+            num_image_tokens=model.num_image_tokens,
         )
     ids: list[int] = []
     for token_id in tokenizer(text, add_special_tokens=True)["input_ids"]:
@@ -40,38 +128,40 @@ def _encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]
     return ids
 
 
-def _stop_token_ids(loaded: LoadedModel) -> list[int]:
-    tokenizer = loaded.built.tokenizer
-    vocab = tokenizer.get_vocab()
-    stops = {tokenizer.eos_token_id}
-    stops.update(vocab[s] for s in get_template(loaded.template).stop_strings if s in vocab)
-    return sorted(i for i in stops if i is not None)
+def _context_length(loaded: LoadedModel) -> int | None:
+    config = loaded.built.model.llm.config.get_text_config()
+    return getattr(config, "max_position_embeddings", None)
 
 
-@torch.no_grad()
-def generate(
-    loaded: LoadedModel,
-    requests: Sequence[GenerationRequest],
-    *,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-) -> list[str]:
-    """Answer each request; greedy when ``temperature`` is 0.
+def _prepare(
+    loaded: LoadedModel, requests: Sequence[GenerationRequest], settings: SamplingSettings
+) -> _Prepared:
+    """Encode and pad every prompt and prepare every image (errors surface here, early).
 
-    Prompts are left-padded into one batch, so the KV cache of ``generate`` serves all of them.
-
-    Returns:
-        The decoded answers, cut at the template's stop strings.
+    Raises:
+        ValueError: no requests, markers and images that differ in number, or a prompt that
+            leaves no room for ``max_new_tokens`` in the model's context.
+        ConversationError: a conversation the template cannot render.
     """
+    if not requests:
+        raise ValueError("no requests to answer")
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
     device = next(model.llm.parameters()).device
     encoded = [_encode_prompt(loaded, r) for r in requests]
-    width = max(len(ids) for ids in encoded)
+    context = _context_length(loaded)
+    longest = max(len(ids) for ids in encoded)
+    if context is not None and longest + settings.max_new_tokens > context:
+        raise ValueError(
+            f"the prompt is {longest} tokens (images included) and up to "
+            f"{settings.max_new_tokens} new tokens are asked for, over the model's context of "
+            f"{context} tokens; shorten the conversation or ask for fewer new tokens"
+        )
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
+    input_ids = torch.tensor(
+        [[pad] * (longest - len(ids)) + ids for ids in encoded], device=device
+    )  # [batch, longest], left-padded
     attention_mask = torch.tensor(
-        [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
+        [[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded], device=device
     )
     images = [img for r in requests for img in r.images]
     processor = loaded.built.image_processor
@@ -82,32 +172,193 @@ def generate(
         if images
         else None
     )
-    inputs_embeds = model.embed(input_ids, pixel_values)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if temperature > 0
-        else {"do_sample": False}
+    return _Prepared(input_ids, attention_mask, pixel_values, [len(ids) for ids in encoded])
+
+
+def _stop_strings(loaded: LoadedModel, settings: SamplingSettings) -> tuple[str, ...]:
+    tokenizer = loaded.built.tokenizer
+    stops = (*get_template(loaded.template).stop_strings, *settings.stop, tokenizer.eos_token)
+    return tuple(dict.fromkeys(s for s in stops if s))
+
+
+def _stop_token_ids(loaded: LoadedModel, stop_strings: tuple[str, ...]) -> set[int]:
+    tokenizer = loaded.built.tokenizer
+    vocab = tokenizer.get_vocab()
+    stops = {tokenizer.eos_token_id, *(vocab[s] for s in stop_strings if s in vocab)}
+    return {i for i in stops if i is not None}
+
+
+class _DecoderStreamer(BaseStreamer):
+    """Feeds each generated column of ids to the rows' decoders (``generate``'s streamer hook)."""
+
+    def __init__(
+        self, decoders: list[StopStringDecoder], on_delta: Callable[[TextDelta], None] | None
+    ) -> None:
+        self._decoders = decoders
+        self._on_delta = on_delta
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.ndim > 1:  # the prompt's ids, [batch, 0] here (it is given as embeddings)
+            return
+        for index, token_id in enumerate(value.tolist()):  # [batch]: one new token per row
+            self._emit(index, self._decoders[index].add(token_id))
+
+    def end(self) -> None:
+        for index, decoder in enumerate(self._decoders):
+            self._emit(index, decoder.finish())
+
+    def _emit(self, index: int, text: str) -> None:
+        if text and self._on_delta is not None:
+            self._on_delta(TextDelta(index, text))
+
+
+class _StopWhenDone(StoppingCriteria):
+    """Ends rows whose decoder saw a stop string, and every row once the caller cancels."""
+
+    def __init__(self, decoders: list[StopStringDecoder], cancelled: threading.Event) -> None:
+        self._decoders = decoders
+        self._cancelled = cancelled
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self._cancelled.is_set():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done = [decoder.done for decoder in self._decoders]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+@torch.no_grad()
+def _run(
+    loaded: LoadedModel,
+    prepared: _Prepared,
+    settings: SamplingSettings,
+    on_delta: Callable[[TextDelta], None] | None,
+    cancelled: threading.Event,
+) -> list[Completion]:
+    """The one generation loop behind :func:`generate` and :func:`stream`."""
+    model, tokenizer = loaded.built.model, loaded.built.tokenizer
+    stop_strings = _stop_strings(loaded, settings)
+    stop_ids = _stop_token_ids(loaded, stop_strings)
+    decoders = [
+        StopStringDecoder(tokenizer, stop_ids, stop_strings) for _ in prepared.prompt_lengths
+    ]
+    inputs_embeds = model.embed(prepared.input_ids, prepared.pixel_values)  # [batch, seq, hidden]
+    sampling: dict = (
+        {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+        if settings.temperature > 0
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     )
     vocab = tokenizer.get_vocab()
-    # Stop strings that are not one token ("###", "\n" in some vocabularies) end generation too.
-    multi_token_stops = [s for s in get_template(loaded.template).stop_strings if s not in vocab]
+    # Stop strings that are not one token ("###", "\n" in some vocabularies) end rows inside
+    # generate too; the decoders cut the text at them either way.
+    multi_token_stops = [s for s in stop_strings if s not in vocab]
     if multi_token_stops:
         sampling.update(stop_strings=multi_token_stops, tokenizer=tokenizer)
-    output = model.llm.generate(
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    model.llm.generate(
         inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=_stop_token_ids(loaded),
-        pad_token_id=pad,
+        attention_mask=prepared.attention_mask,
+        max_new_tokens=settings.max_new_tokens,
+        eos_token_id=sorted(stop_ids),
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+        streamer=_DecoderStreamer(decoders, on_delta),
+        stopping_criteria=StoppingCriteriaList([_StopWhenDone(decoders, cancelled)]),
         **sampling,
     )
-    answers = []
-    stop_strings = get_template(loaded.template).stop_strings
-    for row in output:
-        text = tokenizer.decode(row, skip_special_tokens=False)
-        for stop in (*stop_strings, tokenizer.eos_token or ""):
-            if stop and stop in text:
-                text = text[: text.index(stop)]
-        text = text.replace(tokenizer.pad_token or "\0", "")
-        answers.append(text.strip())
-    return answers
+    return [
+        Completion(d.text, d.finish_reason or "length", length, d.num_tokens)
+        for d, length in zip(decoders, prepared.prompt_lengths, strict=True)
+    ]
+
+
+def complete(
+    loaded: LoadedModel, requests: Sequence[GenerationRequest], settings: SamplingSettings
+) -> list[Completion]:
+    """Answer each request (one batch); see :class:`Completion` for what comes back.
+
+    Raises:
+        ValueError: a conversation whose ``<image>`` markers and images differ in number.
+        ConversationError: a conversation the template cannot render.
+    """
+    return _run(loaded, _prepare(loaded, requests, settings), settings, None, threading.Event())
+
+
+def generate(
+    loaded: LoadedModel,
+    requests: Sequence[GenerationRequest],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[str]:
+    """Answer each request; greedy when ``temperature`` is 0.
+
+    Prompts are left-padded into one batch, so the KV cache of ``generate`` serves all of them.
+
+    Returns:
+        The decoded answers, cut at the template's stop strings and stripped.
+    """
+    settings = SamplingSettings(max_new_tokens, temperature, top_p, seed)
+    return [c.text for c in complete(loaded, requests, settings)]
+
+
+class GenerationStream:
+    """Text deltas of a batch as they are generated; iterate it once.
+
+    Generation runs in a worker thread from the moment the stream is created. After the
+    iteration ends, :attr:`completions` holds the finished answers. :meth:`close` (or leaving
+    a ``with`` block) stops generation early, e.g. when a client disconnects.
+    """
+
+    _END = object()
+
+    def __init__(
+        self, loaded: LoadedModel, prepared: _Prepared, settings: SamplingSettings
+    ) -> None:
+        self.completions: list[Completion] | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._work, args=(loaded, prepared, settings), daemon=True, name="mllm-generate"
+        )
+        self._thread.start()
+
+    def _work(self, loaded: LoadedModel, prepared: _Prepared, settings: SamplingSettings) -> None:
+        try:
+            self.completions = _run(loaded, prepared, settings, self._queue.put, self._cancelled)
+        except BaseException as exc:  # handed to the consuming thread
+            self._error = exc
+        finally:
+            self._queue.put(self._END)
+
+    def __iter__(self) -> Iterator[TextDelta]:
+        while (item := self._queue.get()) is not self._END:
+            yield item
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop generating (the current token finishes) and wait for the worker."""
+        self._cancelled.set()
+        self._thread.join()
+
+    def __enter__(self) -> GenerationStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def stream(
+    loaded: LoadedModel, requests: Sequence[GenerationRequest], settings: SamplingSettings
+) -> GenerationStream:
+    """Start answering ``requests`` and return the stream of their text deltas.
+
+    Prompts and images are prepared before this returns, so a bad request raises here
+    (as in :func:`complete`) rather than in the middle of the stream.
+    """
+    return GenerationStream(loaded, _prepare(loaded, requests, settings), settings)

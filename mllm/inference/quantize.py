@@ -1,0 +1,120 @@
+"""4-bit / 8-bit inference: the LLM's linear layers through bitsandbytes, the rest untouched.
+
+A checkpoint's LLM is usually not the model at ``model.llm.path`` any more (trained in full,
+or with adapters), so it is first rebuilt exactly as trained, in ``dtype`` on the CPU, with any
+adapters merged; it is then written to a temporary folder and loaded back quantised through
+transformers' own bitsandbytes integration. Peak memory is the unquantised model in CPU RAM;
+the accelerator only ever holds the quantised one. A QLoRA checkpoint asked for in 4-bit is
+loaded as it was trained (its 4-bit base and adapters), which is exactly the trained model.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+from mllm.inference.loading import LoadedModel, load_checkpoint
+from mllm.models.lora import merge_adapters
+from mllm.training.checkpoint import read_manifest
+
+logger = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("4bit", "8bit")
+
+
+class QuantizationUnavailableError(RuntimeError):
+    """4-bit or 8-bit loading was asked for where bitsandbytes cannot run."""
+
+
+def check_quantization(quantize: str) -> None:
+    """Fail early, before any weights load, when ``quantize`` cannot be honoured here.
+
+    Raises:
+        ValueError: ``quantize`` is not one of :data:`QUANTIZE_MODES`.
+        QuantizationUnavailableError: bitsandbytes is missing or does not import.
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize={quantize!r}; choose one of: {', '.join(QUANTIZE_MODES)}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise QuantizationUnavailableError(
+            f"{quantize} loading needs bitsandbytes, which is not installed: "
+            "pip install 'mllm[bitsandbytes]' (or load without quantisation)"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # bitsandbytes raises several kinds when its backend is missing
+        raise QuantizationUnavailableError(
+            f"{quantize} loading needs bitsandbytes, which cannot run here: {exc}"
+        ) from exc
+
+
+def _bnb_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfig:
+    if quantize == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_quantized_llm(
+    path: str | Path, quantize: str, *, dtype: torch.dtype, device: str, attn_implementation: str
+):
+    """A transformers causal LM from ``path`` with its linear layers in 4 or 8 bits.
+
+    Raises:
+        QuantizationUnavailableError: bitsandbytes refused to quantise on this machine.
+    """
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path),
+            quantization_config=_bnb_config(quantize, dtype),
+            dtype=dtype,
+            device_map={"": device},
+            attn_implementation=attn_implementation,
+        )
+    except (ImportError, RuntimeError) as exc:
+        raise QuantizationUnavailableError(
+            f"bitsandbytes could not load the LLM in {quantize} on {device}: {exc}"
+        ) from exc
+
+
+def load_quantized_checkpoint(
+    folder: Path, *, quantize: str, dtype: torch.dtype, device: str
+) -> LoadedModel:
+    """Load an mllm checkpoint with its LLM quantised (see the module docstring).
+
+    Raises:
+        CheckpointError: the folder is not a complete mllm checkpoint.
+        QuantizationUnavailableError: bitsandbytes cannot quantise here.
+    """
+    check_quantization(quantize)
+    adapter = read_manifest(folder).get("adapters", {}).get("llm")
+    if quantize == "4bit" and adapter is not None and adapter["mode"] == "qlora":
+        logger.info("%s: QLoRA checkpoint, loaded as trained (4-bit base + adapters)", folder)
+        return load_checkpoint(folder, dtype=dtype, device=device)
+    loaded = load_checkpoint(folder, dtype=dtype, device="cpu")
+    model = loaded.built.model
+    merge_adapters(model)
+    attn_implementation = model.llm.config._attn_implementation or "sdpa"
+    with tempfile.TemporaryDirectory(prefix="mllm-quantize-") as tmp:
+        model.llm.save_pretrained(tmp)
+        model.llm = None  # free the unquantised weights before loading the quantised ones
+        gc.collect()
+        llm = load_quantized_llm(
+            tmp, quantize, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
+    llm.eval()
+    model.llm = llm
+    model.vision.to(device)
+    model.projector.to(device)
+    logger.info("%s: LLM loaded in %s on %s", folder, quantize, device)
+    return loaded

@@ -1,0 +1,266 @@
+"""Generation: stop strings, streaming equals plain generation, batching, sampling, loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from training_utils import run_train, write_recipe
+
+from mllm.config import load_recipe
+from mllm.data.images import load_image
+from mllm.data.templates import get_template
+from mllm.inference import (
+    GenerationRequest,
+    LoadedModel,
+    SamplingSettings,
+    complete,
+    generate,
+    load_model,
+    stream,
+)
+from mllm.inference import loading as loading_module
+from mllm.inference.decoding import StopStringDecoder
+from mllm.models.builder import build_model, special_tokens_for
+from mllm.training.checkpoint import CheckpointError
+
+pytest_plugins = ["trained_shapes"]
+
+
+def _feed(decoder: StopStringDecoder, ids: list[int]) -> list[str]:
+    deltas = [decoder.add(i) for i in ids]
+    deltas.append(decoder.finish())
+    return deltas
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_decoder_cuts_at_a_multi_token_stop_string_and_never_streams_part_of_it(tokenizer):
+    decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ("###",))
+    deltas = _feed(decoder, _ids(tokenizer, "red###blue"))  # "###" is three byte tokens
+    assert decoder.text == "red" and decoder.finish_reason == "stop"
+    assert "".join(deltas) == "red"
+    assert all("#" not in d for d in deltas)
+    assert decoder.num_tokens == 4  # "red" and the three tokens of the stop string
+
+
+def test_decoder_holds_back_half_a_character_and_outer_whitespace(tokenizer):
+    decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ())
+    ids = _ids(tokenizer, "  red é")  # "é" is two byte-fallback tokens
+    deltas = [decoder.add(i) for i in ids]
+    assert "\ufffd" not in "".join(deltas)
+    assert deltas[-1] == " é"
+    assert decoder.add(tokenizer.eos_token_id) == ""
+    assert decoder.text == "red é" and decoder.finish_reason == "stop"
+    assert decoder.add(5) == ""  # a finished row of a batch ignores its padding
+
+
+def test_decoder_reports_length_when_no_stop_came(tokenizer):
+    decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ("</s>",))
+    deltas = _feed(decoder, _ids(tokenizer, "blue circle "))
+    assert decoder.finish_reason == "length" and decoder.text == "blue circle"
+    assert "".join(deltas) == decoder.text
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_shapes):
+    torch.set_num_threads(1)
+    return load_model(trained_shapes.checkpoint)
+
+
+@pytest.fixture(scope="module")
+def untrained(trained_shapes):
+    """The same architecture with random weights: its answers rarely stop, so they run long."""
+    recipe = load_recipe(trained_shapes.recipe)
+    torch.manual_seed(0)
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    built.model.eval()
+    return LoadedModel(built, recipe, "vicuna_v1", "pad", {})
+
+
+def _colour_request(question) -> GenerationRequest:
+    turn = {"from": "human", "value": f"<image>\n{question.text}"}
+    return GenerationRequest([turn], [load_image(question.image)])
+
+
+def _mixed_requests(trained_shapes) -> list[GenerationRequest]:
+    """Prompts of different lengths (so the batch is padded), with and without images."""
+    first, second = trained_shapes.held_out[:2]
+    multi_turn = [
+        {"from": "human", "value": f"<image>\n{first.text}"},
+        {"from": "gpt", "value": first.answer},
+        {"from": "human", "value": "What is the shape?"},
+    ]
+    return [
+        _colour_request(first),
+        GenerationRequest([{"from": "human", "value": "Describe the picture."}]),
+        GenerationRequest(multi_turn, [load_image(first.image)]),
+        _colour_request(second),
+    ]
+
+
+def test_the_trained_model_answers_and_stops_at_the_template_end(loaded, trained_shapes):
+    requests = [_colour_request(q) for q in trained_shapes.held_out]
+    completions = complete(loaded, requests, SamplingSettings(max_new_tokens=16))
+    assert [c.text for c in completions] == [q.answer for q in trained_shapes.held_out]
+    # Each answer ended at </s> (vicuna_v1's end), well before the budget: "red" + "</s>".
+    assert {c.finish_reason for c in completions} == {"stop"}
+    assert all(c.completion_tokens == 2 for c in completions)
+    short = complete(loaded, requests[:1], SamplingSettings(max_new_tokens=1))[0]
+    assert short.text == completions[0].text and short.finish_reason == "length"
+
+
+@pytest.mark.parametrize("model", ["loaded", "untrained"])
+def test_streaming_equals_plain_greedy_generation(model, trained_shapes, request):
+    loaded = request.getfixturevalue(model)
+    requests = _mixed_requests(trained_shapes)
+    settings = SamplingSettings(max_new_tokens=24)
+    plain = complete(loaded, requests, settings)
+    with stream(loaded, requests, settings) as deltas:
+        pieces = list(deltas)
+    streamed = ["".join(d.text for d in pieces if d.index == i) for i in range(len(requests))]
+    assert streamed == [c.text for c in plain]
+    assert deltas.completions == plain
+    if model == "untrained":  # long answers, streamed piece by piece
+        assert [c.finish_reason for c in plain] == ["length"] * len(requests)
+        assert len(pieces) > 10 * len(requests)
+
+
+@pytest.mark.parametrize("model", ["loaded", "untrained"])
+def test_a_batch_answers_as_its_requests_one_by_one(model, trained_shapes, request):
+    loaded = request.getfixturevalue(model)
+    requests = _mixed_requests(trained_shapes)
+    batched = generate(loaded, requests, max_new_tokens=24)
+    alone = [generate(loaded, [r], max_new_tokens=24)[0] for r in requests]
+    assert batched == alone
+
+
+def test_sampling_with_a_seed_repeats_and_streams_the_same(loaded, trained_shapes):
+    requests = _mixed_requests(trained_shapes)[1:2]  # open-ended: sampling has room to vary
+    settings = SamplingSettings(max_new_tokens=12, temperature=1.5, top_p=0.95, seed=7)
+    first = complete(loaded, requests, settings)
+    assert complete(loaded, requests, settings) == first
+    with stream(loaded, requests, settings) as deltas:
+        assert "".join(d.text for d in deltas) == first[0].text
+    others = {
+        complete(loaded, requests, SamplingSettings(12, 1.5, 0.95, s))[0].text for s in range(4)
+    }
+    assert len(others | {first[0].text}) > 1  # the seed does change the answer
+
+
+def test_extra_stop_strings_cut_inside_a_token(loaded, trained_shapes):
+    question = trained_shapes.held_out[0]
+    settings = SamplingSettings(max_new_tokens=8, stop=(question.answer[1:],))
+    (completion,) = complete(loaded, [_colour_request(question)], settings)
+    assert completion.text == question.answer[0] and completion.finish_reason == "stop"
+
+
+def test_bad_requests_fail_before_generating(loaded, trained_shapes):
+    question = trained_shapes.held_out[0]
+    no_image = GenerationRequest([{"from": "human", "value": f"<image>\n{question.text}"}])
+    with pytest.raises(ValueError, match="1 <image> markers but 0 images"):
+        stream(loaded, [no_image], SamplingSettings())
+    with pytest.raises(ValueError, match="over the model's context of 1024 tokens"):
+        complete(loaded, [_colour_request(question)], SamplingSettings(max_new_tokens=2000))
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingSettings(top_p=0)
+
+
+@pytest.mark.parametrize("quantize", ["4bit", "8bit"])
+def test_quantized_loading_still_answers(trained_shapes, quantize):
+    loaded = load_model(trained_shapes.checkpoint, quantize=quantize)
+    linear = type(loaded.built.model.llm.model.layers[0].mlp.up_proj).__name__
+    assert linear == {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}[quantize]
+    questions = trained_shapes.held_out[:4]
+    answers = generate(loaded, [_colour_request(q) for q in questions], max_new_tokens=4)
+    assert answers == [q.answer for q in questions]
+
+
+def test_a_merged_model_loads_and_answers_the_same(loaded, trained_shapes, tmp_path):
+    from mllm.merge import merge_checkpoint
+
+    merged = load_model(merge_checkpoint(trained_shapes.checkpoint, tmp_path / "merged"))
+    requests = _mixed_requests(trained_shapes)
+    assert generate(merged, requests, max_new_tokens=12) == generate(
+        loaded, requests, max_new_tokens=12
+    )
+
+
+def test_folders_that_are_not_checkpoints_get_clear_errors(trained_shapes, tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match="no such model folder"):
+        load_model(tmp_path / "missing")
+    monkeypatch.setattr(loading_module, "_foreign_loader", lambda: None)
+    run_folder = trained_shapes.checkpoint.parent.parent
+    with pytest.raises(CheckpointError, match="not an mllm checkpoint") as error:
+        load_model(run_folder)
+    assert str(trained_shapes.checkpoint) in str(error.value)  # points at the real checkpoint
+    calls = []
+
+    def load_foreign(folder, **options):
+        calls.append((folder, options))
+        raise ValueError(f"{folder}: no config.json")
+
+    monkeypatch.setattr(loading_module, "_foreign_loader", lambda: load_foreign)
+    with pytest.raises(ValueError, match="no config.json$"):
+        load_model(tmp_path, dtype=torch.bfloat16, quantize=None)
+    assert calls == [(tmp_path, {"dtype": torch.bfloat16, "device": "cpu", "quantize": None})]
+    with pytest.raises(CheckpointError, match="no config.json; checkpoints inside it: "):
+        load_model(run_folder)
+
+
+def test_closing_a_stream_stops_generation(untrained, trained_shapes):
+    request = _mixed_requests(trained_shapes)[1]
+    deltas = stream(untrained, [request], SamplingSettings(max_new_tokens=900))
+    for count, _ in enumerate(deltas):
+        if count == 2:
+            break
+    deltas.close()
+    (completion,) = deltas.completions
+    assert completion.completion_tokens < 900
+
+
+def test_a_lora_run_loads_unmerged_and_quantized(loaded, trained_shapes, tmp_path):
+    """A LoRA stage on top of the trained model: its adapters load as trained, and merged
+    before the LLM is quantised."""
+    recipe = yaml.safe_load(trained_shapes.recipe.read_text())
+    stage = recipe["stages"]["instruct"]
+    stage.update(
+        init_from=str(trained_shapes.checkpoint),
+        train={"vision": "frozen", "projector": "frozen", "llm": "lora"},
+        optim={"lr": 1e-4, "warmup_ratio": 0.0},
+        max_steps=2,
+    )
+    recipe.update(output_dir=str(tmp_path / "run"), stages={"polish": stage})
+    run_train([str(write_recipe(tmp_path / "recipe.yaml", recipe))])
+    checkpoint = tmp_path / "run" / "polish" / "final"
+    requests = [_colour_request(q) for q in trained_shapes.held_out[:4]]
+    expected = [q.answer for q in trained_shapes.held_out[:4]]
+    adapted = load_model(checkpoint)
+    assert adapted.manifest["adapters"]["llm"]["mode"] == "lora"
+    assert generate(adapted, requests, max_new_tokens=4) == expected
+    quantized = load_model(checkpoint, quantize="4bit")
+    assert not any("lora" in name for name, _ in quantized.built.model.named_parameters())
+    assert generate(quantized, requests, max_new_tokens=4) == expected
+
+
+def test_original_llava_models_get_llava_s_prompt_tokenization(untrained, trained_shapes):
+    from dataclasses import replace
+
+    from mllm.inference.generate import _encode_prompt
+    from mllm.interop.llava import llava_prompt_ids
+
+    request = _mixed_requests(trained_shapes)[2]  # multi-turn, one image
+    llava = replace(untrained, manifest={"prompt_tokenization": "llava"})
+    model, tokenizer = untrained.built.model, untrained.built.tokenizer
+    text = get_template("vicuna_v1").generation_prompt(request.conversation)
+    expected = llava_prompt_ids(
+        tokenizer,
+        text,
+        image_token="<image>",
+        image_token_id=model.image_token_id,
+        num_image_tokens=model.num_image_tokens,
+    )
+    assert _encode_prompt(llava, request) == expected
+    assert _encode_prompt(untrained, request) != expected  # "▁" after the image in LLaVA's

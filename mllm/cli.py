@@ -73,6 +73,12 @@ def _export(argv: list[str]) -> int:
     return export_main(argv) or 0
 
 
+def _bench(argv: list[str]) -> int:
+    from mllm.bench.cli import main as bench_main
+
+    return bench_main(argv) or 0
+
+
 def _convert_llava(argv: list[str]) -> int:
     from mllm.interop.llava import main as convert_main
 
@@ -89,6 +95,7 @@ DELEGATED = {
     "chat": (_chat, "chat with a checkpoint about an image in the terminal (or --prompt once)"),
     "serve": (_serve, "serve a checkpoint over an OpenAI-compatible HTTP API"),
     "export": (_export, "export a checkpoint to another layout (hf-llava)"),
+    "bench": (_bench, "training and generation speed against transformers' Llava"),
     "convert-llava": (_convert_llava, "convert an original LLaVA checkpoint to safetensors"),
 }
 

@@ -14,8 +14,7 @@ import sys
 
 from mllm.config import load_recipe
 from mllm.config.checks import check_environment
-from mllm.data import DataCollator
-from mllm.data.builder import build_dataset
+from mllm.data.builder import build_collator, build_dataset
 from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
 from mllm.models.lora import lora_settings
 from mllm.training.deepspeed_config import build_deepspeed_config
@@ -77,7 +76,7 @@ def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
         stage_name=stage_name,
         built=built,
         dataset=dataset,
-        collator=DataCollator(pad_token_id=built.tokenizer.pad_token_id),
+        collator=build_collator(stage.data, built.tokenizer.pad_token_id),
         ds_config=ds_config,
         runtime=runtime,
         saved_components=saved_components(init_folder, trained),

@@ -70,6 +70,14 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                         f"{stage.init_from!r} must name an earlier stage of {stage_names[:index]}",
                     )
                 )
+        if stage.data.packing and recipe.model.llm.trust_remote_code:
+            problems.append(
+                (
+                    f"{key}.data.packing",
+                    "packing relies on transformers reading sample boundaries from position "
+                    "ids, which remote-code models may ignore; turn it off for this LLM",
+                )
+            )
         problems.extend(_check_adapters(recipe, name, index))
         if stage.zero_config is not None and check_files:
             problems.extend(_check_zero_config(f"{key}.zero_config", Path(stage.zero_config)))

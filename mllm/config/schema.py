@@ -93,7 +93,21 @@ class DataConfig(StrictModel):
         "resize+center-crop; resize: stretch to the tower's size",
     )
     max_length: int = Field(default=2048, gt=0)
-    num_workers: int = Field(default=0, ge=0)
+    num_workers: int = Field(
+        default=0, ge=0, description="DataLoader processes that read and preprocess images"
+    )
+    packing: bool = Field(
+        default=False,
+        description="concatenate each micro-batch's samples into rows of up to max_length, "
+        "attention confined to each sample; same loss, almost no padding. flash_attention_2 "
+        "computes each sample's attention only; sdpa/eager mask a row's attention, still "
+        "computed over the whole row (see docs/benchmarks.md)",
+    )
+    group_by: Literal["none", "modality_length"] = Field(
+        default="none",
+        description="modality_length: micro-steps of one modality (image / text-only) and "
+        "similar lengths (LLaVA's group_by_modality_length)",
+    )
     on_bad_record: Literal["fail", "skip"] = Field(
         default="fail",
         description="fail: a malformed record, an untrainable over-long one or an unloadable "

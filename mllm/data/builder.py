@@ -1,9 +1,11 @@
-"""Build a stage's dataset from its ``data`` section and the assembled model."""
+"""Build a stage's dataset and collator from its ``data`` section and the assembled model."""
 
 from __future__ import annotations
 
 from mllm.config.schema import DataConfig
+from mllm.data.collator import DataCollator
 from mllm.data.dataset import ConversationDataset
+from mllm.data.packing import PackingCollator
 from mllm.data.templates import get_template
 from mllm.models.builder import BuiltModel
 
@@ -29,3 +31,10 @@ def build_dataset(data: DataConfig, built: BuiltModel, template: str) -> Convers
     )
     dataset.check_image_files(workers=max(1, data.num_workers))
     return dataset
+
+
+def build_collator(data: DataConfig, pad_token_id: int) -> DataCollator | PackingCollator:
+    """Rows padded to the longest sample, or packed rows of up to ``data.max_length`` tokens."""
+    if data.packing:
+        return PackingCollator(pad_token_id=pad_token_id, max_length=data.max_length)
+    return DataCollator(pad_token_id=pad_token_id)

@@ -44,10 +44,13 @@ class MultimodalModel(nn.Module):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[num_images, 3, H, W] -> [num_images, num_image_tokens, llm_hidden]."""
-        tower_trains = any(p.requires_grad for p in self.vision.parameters())
-        tower_dtype = next(self.vision.parameters()).dtype
         # A frozen tower keeps no activations for backward: most of the memory of stage 1.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
+        # (Under no_grad, e.g. generating, the scan over the tower's parameters is skipped.)
+        tower_grad = torch.is_grad_enabled() and any(
+            p.requires_grad for p in self.vision.parameters()
+        )
+        tower_dtype = next(self.vision.parameters()).dtype
+        with torch.set_grad_enabled(tower_grad):
             features = self.vision(pixel_values.to(tower_dtype))
         proj_dtype = next(self.projector.parameters()).dtype
         return self.projector(features.to(proj_dtype))
@@ -93,15 +96,62 @@ class MultimodalModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         **llm_kwargs,
     ) -> CausalLMOutputWithPast:
-        """Loss (when ``labels`` is given) and logits; extra arguments go to the LLM."""
+        """Loss (when ``labels`` is given) and logits; extra arguments go to the LLM.
+
+        A packed batch (``mllm.data.packing``) gives ``position_ids`` [batch, seq] that restart
+        at 0 for every sample and no ``attention_mask``; transformers confines attention to
+        each sample only when it builds no KV cache, so none is built for such a batch.
+        FlashAttention-2 reads sample boundaries from a single row only (several rows would
+        silently attend across samples), so its packed rows are joined into one; logits come
+        back as [batch, seq, vocab] all the same.
+        """
         inputs_embeds = self.embed(input_ids, pixel_values)
-        return self.llm(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs
+        packed = position_ids is not None and attention_mask is None
+        if packed:
+            llm_kwargs.setdefault("use_cache", False)
+        rows, width = input_ids.shape
+        if packed and rows > 1 and self.llm.config._attn_implementation == "flash_attention_2":
+            inputs_embeds, position_ids, labels = join_packed_rows(
+                inputs_embeds, position_ids, labels
+            )
+        output = self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            **llm_kwargs,
         )
+        if output.logits is not None and output.logits.shape[0] != rows:
+            output.logits = output.logits.reshape(rows, width, -1)
+        return output
 
     def component(self, name: str) -> nn.Module:
         if name not in COMPONENTS:
             raise KeyError(f"unknown component {name!r}; choose one of {COMPONENTS}")
         return getattr(self, name)
+
+
+def join_packed_rows(
+    inputs_embeds: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Concatenate the rows of a packed batch into one row, the layout FlashAttention-2's
+    variable-length path reads.
+
+    Exact: every row starts a sample at position 0 and every padding tail restarts its own
+    positions, so no segment spans two rows; a row's first label is -100, so the loss never
+    predicts across the seam either.
+
+    Args:
+        inputs_embeds: [rows, width, hidden].
+        position_ids: [rows, width].
+        labels: [rows, width] or None.
+
+    Returns:
+        The same tensors as [1, rows * width, ...].
+    """
+    hidden = inputs_embeds.shape[-1]
+    joined_labels = None if labels is None else labels.reshape(1, -1)
+    return inputs_embeds.reshape(1, -1, hidden), position_ids.reshape(1, -1), joined_labels

@@ -22,7 +22,9 @@ class TrainingInterrupted(Exception):
         self.signum = signum
         self.checkpoint = checkpoint
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name}; resumable checkpoint: {checkpoint} (continue with --resume)")
+        super().__init__(
+            f"stopped by {name}; resumable checkpoint: {checkpoint} (continue with --resume)"
+        )
 
     @property
     def exit_code(self) -> int:

@@ -2,21 +2,34 @@
 
 The order is a pure function of (seed, epoch), so the data position of a run is just its
 optimizer step: resuming at step ``s`` replays exactly the batches an uninterrupted run sees.
+That holds for the modality- and length-grouped order too (``mllm.training.grouping``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Sampler
+
+from mllm.training.grouping import modality_length_order
+
+
+@dataclass(frozen=True)
+class ModalityLengthGrouping:
+    """What grouped sampling needs from the dataset: per sample, its length and modality."""
+
+    lengths: Sequence[int]
+    has_image: Sequence[bool]
 
 
 class StepBatchSampler(Sampler[list[int]]):
     """This rank's micro-batches of dataset indices, from ``start_step`` to ``total_steps``.
 
     Each optimizer step consumes ``micro_batch_size * world_size * accumulation`` samples of a
-    seeded permutation; a last partial step of an epoch is dropped so every step is full.
+    seeded permutation (grouped by modality and length when ``grouping`` is given); a last
+    partial step of an epoch is dropped so every step is full.
     """
 
     def __init__(
@@ -30,7 +43,11 @@ class StepBatchSampler(Sampler[list[int]]):
         seed: int,
         total_steps: int,
         start_step: int = 0,
+        grouping: ModalityLengthGrouping | None = None,
     ) -> None:
+        if grouping is not None and len(grouping.lengths) != num_samples:
+            raise ValueError(f"grouping covers {len(grouping.lengths)} of {num_samples} samples")
+        self.grouping = grouping
         self.num_samples = num_samples
         self.micro_batch_size = micro_batch_size
         self.accumulation = accumulation
@@ -49,6 +66,14 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed + epoch)
+        if self.grouping is not None:
+            return modality_length_order(
+                self.grouping.lengths,
+                self.grouping.has_image,
+                micro_batch_size=self.micro_batch_size,
+                world_size=self.world_size,
+                generator=generator,
+            )
         return torch.randperm(self.num_samples, generator=generator).tolist()
 
     def __len__(self) -> int:

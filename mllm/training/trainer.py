@@ -22,8 +22,9 @@ from mllm.training.deepspeed_config import offloads_optimizer
 from mllm.training.distributed import Runtime, all_reduce_sum, barrier
 from mllm.training.interrupt import StopRequests, TrainingInterrupted
 from mllm.training.metrics import MetricsLogger
-from mllm.training.sampler import StepBatchSampler, total_optimizer_steps
+from mllm.training.sampler import ModalityLengthGrouping, StepBatchSampler, total_optimizer_steps
 from mllm.training.stage import parameter_groups
+from mllm.training.timing import NullTimer
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Trainer:
         ds_config: the full DeepSpeed config (see ``build_deepspeed_config``).
         runtime: this process's rank and device.
         saved_components: components whose weights the outputs must hold (trained now or earlier).
+        timer: receives the step's sections (data, forward, backward, optimizer) and batch
+            sizes; the default records nothing (see ``mllm.training.timing``).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Trainer:
         ds_config: dict,
         runtime: Runtime,
         saved_components: list[str],
+        timer: NullTimer | None = None,
     ) -> None:
         import deepspeed
 
@@ -65,6 +69,7 @@ class Trainer:
         self.collator = collator
         self.runtime = runtime
         self.saved_components = saved_components
+        self.timer = timer or NullTimer()
         self.out_dir = Path(recipe.stage_output_dir(stage_name))
         self.accumulation = ds_config["gradient_accumulation_steps"]
         self.total_steps = total_optimizer_steps(
@@ -97,6 +102,18 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ data
+    def _grouping(self) -> ModalityLengthGrouping | None:
+        if self.stage.data.group_by == "none":
+            return None
+        lengths = getattr(self.dataset, "lengths", None)
+        has_image = getattr(self.dataset, "has_image", None)
+        if lengths is None or has_image is None:
+            raise TypeError(
+                f"stages.{self.stage_name}.data.group_by: {type(self.dataset).__name__} has no "
+                "per-sample lengths and has_image to group by"
+            )
+        return ModalityLengthGrouping(lengths, has_image)
+
     def _loader(self) -> DataLoader:
         sampler = StepBatchSampler(
             len(self.dataset),
@@ -107,6 +124,7 @@ class Trainer:
             seed=self.recipe.seed,
             total_steps=self.total_steps,
             start_step=self.step,
+            grouping=self._grouping(),
         )
         workers = self.stage.data.num_workers
         return DataLoader(
@@ -164,21 +182,38 @@ class Trainer:
     ) -> dict[str, float]:
         last: dict[str, float] = {}
         micro = 0
-        for batch in self._loader():
-            window["skipped"] += self._note_skipped(batch.pop("skipped", ()))
+        timer = self.timer
+        batches = iter(self._loader())
+        while True:
+            with timer.section("data"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            skipped = batch.pop("skipped", ())
+            window["skipped"] += self._note_skipped(skipped)
+            tokens = _sample_tokens(batch)
             if batch["input_ids"].shape[0]:
                 batch = self._to_device(batch)
-                loss = model(**batch).loss
-                window["loss"] += loss.item()
+                with timer.section("forward"):
+                    loss = model(**batch).loss
+                    window["loss"] += loss.item()
                 window["micro"] += 1
-                window["tokens"] += int(batch["attention_mask"].sum())
+                window["tokens"] += tokens
             else:
                 loss = self._zero_loss(model)
-            model.backward(loss)
-            model.step()
+            with timer.section("backward"):
+                model.backward(loss)
+            with timer.section("optimizer"):
+                model.step()
+            timer.end_micro(
+                tokens=tokens,
+                slots=batch["input_ids"].numel(),
+                samples=self.stage.micro_batch_size - len(skipped),
+            )
             micro += 1
             if micro % self.accumulation:
                 continue
+            timer.end_step()
             self.step += 1
             progress.update(1)
             if self.step % self.stage.log_every == 0 or self.step == self.total_steps:
@@ -348,6 +383,15 @@ class Trainer:
         self.metrics.drop_after(self.step)  # rows a killed run logged past its last checkpoint
         logger.info("resumed from %s at step %d of %d", folder, self.step, self.total_steps)
         return True
+
+
+def _sample_tokens(batch: dict) -> int:
+    """Tokens of the batch's samples, padding excluded; a packed batch brings its count."""
+    count = batch.pop("num_tokens", None)
+    if count is not None:
+        return int(count)
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
 def _new_window() -> dict:

@@ -1,0 +1,1 @@
+"""Speed benchmarks: our training and generation against transformers' Llava (scripts/bench.py)."""

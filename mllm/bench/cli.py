@@ -1,0 +1,240 @@
+"""``python scripts/bench.py``: training and generation speed, ours against transformers' Llava.
+
+Builds tiny models and a synthetic LLaVA-like length mix (or takes a recipe's model and stage
+settings), then in one process and in alternating rounds (baseline, ours, ours, ..., then the
+next round in reverse order) trains each side for the same steps from the same weights on
+the same samples, and finally times generation, the sides taking turns. Other processes'
+load thus falls on every side alike; the ratios are medians of per-round ratios. Figures and
+how to read them: docs/benchmarks.md.
+
+CPU (about 1.5 minutes on 2 busy cores; all four variants, 3 rounds: about 3 minutes)::
+
+    python scripts/bench.py
+    python scripts/bench.py --variants padded grouped packed packed+grouped --rounds 3
+    python scripts/bench.py --recipe recipes/tiny/shapes_mlp.yaml --stage instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+#: Data settings of each variant of our side.
+VARIANTS: dict[str, dict[str, object]] = {
+    "padded": {"packing": False, "group_by": "none"},
+    "grouped": {"packing": False, "group_by": "modality_length"},
+    "packed": {"packing": True, "group_by": "none"},
+    "packed+grouped": {"packing": True, "group_by": "modality_length"},
+}
+#: Tiny model sizes of the built-in recipe (64 image tokens per image).
+TINY = {"image_size": 64, "patch_size": 8, "llm_hidden": 128, "llm_layers": 2}
+TINY |= {"vision_hidden": 64, "vision_layers": 2}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--recipe", help="benchmark this recipe's model and stage settings")
+    parser.add_argument("--stage", help="stage of --recipe (default: its last)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value for --recipe")
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["padded", "packed"]
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side")
+    parser.add_argument("--steps", type=int, default=8, help="measured optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="steps before measuring")
+    parser.add_argument("--batch-size", type=int, default=16, help="micro = global batch")
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--samples", type=int, default=600, help="records in the length mix")
+    parser.add_argument("--gen-prompts", type=int, default=10)
+    parser.add_argument("--gen-tokens", type=int, default=48)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (on 2 shared cores, 2 threads ran 3-6x slower than 1)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    return parser.parse_intermixed_args(argv)
+
+
+def _builtin_recipe(workdir: Path) -> Path:
+    """Write the tiny recipe (models made on first use) and return its path."""
+    from mllm.tiny import make_tiny_models
+
+    models = make_tiny_models(workdir / "models", **TINY)
+    recipe = {
+        "name": "bench",
+        "output_dir": str(workdir / "runs"),
+        "seed": 0,
+        "model": {
+            "vision": {"name": "clip", "path": str(models["clip"]), "feature_layer": -2},
+            "projector": {"name": "mlp", "depth": 2},
+            "llm": {"path": str(models["llama"]), "family": "llama", "attn_implementation": "sdpa"},
+        },
+        "stages": {
+            "instruct": {
+                "data": {"path": "set-by-bench.json", "template": "vicuna_v1"},
+                "train": {"vision": "frozen", "projector": "full", "llm": "full"},
+                "optim": {"lr": 2.0e-4, "warmup_ratio": 0.0},
+                "global_batch_size": 16,
+                "micro_batch_size": 16,
+                "precision": "fp32",
+            }
+        },
+    }
+    path = workdir / "bench.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _load(args: argparse.Namespace, path: Path, variant: str, mix) -> tuple:
+    """``(recipe, stage)``: the recipe with the bench's data, steps and the variant's settings
+    applied as overrides, so they are validated like any command-line override."""
+    from mllm.config import load_recipe
+
+    stage = args.stage or list(load_recipe(path, args.overrides).stages)[-1]
+    key = f"stages.{stage}"
+    bench = [
+        f"output_dir={args.workdir / 'runs' / variant}",
+        f"{key}.init_from=null",
+        f"{key}.data.path={mix.records}",
+        f"{key}.data.image_folder={mix.image_folder}",
+        f"{key}.data.max_length={args.max_length}",
+        f"{key}.data.num_workers={args.workers}",
+        f"{key}.data.on_bad_record=fail",
+        f"{key}.max_steps={args.warmup + args.steps}",
+        f"{key}.global_batch_size={args.batch_size}",
+        f"{key}.micro_batch_size={args.batch_size}",
+        f"{key}.save_every=null",
+        f"{key}.log_every=1",
+    ]
+    for name, value in VARIANTS.get(variant, VARIANTS["padded"]).items():
+        bench.append(f"{key}.data.{name}={str(value).lower()}")
+    recipe = load_recipe(path, [*args.overrides, *bench])
+    if recipe.stages[stage].data.template == "plain":
+        raise SystemExit(
+            f"{path}: stage {stage} uses the caption-only 'plain' template, but the length mix "
+            f"is multi-turn; pass {key}.data.template=vicuna_v1 (or the LLM's template)"
+        )
+    return recipe, stage
+
+
+def _run_baseline(recipe, stage: str, warmup: int):
+    from mllm.bench.baseline import llava_from, train_baseline
+    from mllm.bench.ours import build_for_stage
+    from mllm.data.builder import build_dataset
+    from mllm.models.builder import stage_template
+
+    built = build_for_stage(recipe, stage)
+    config = recipe.stages[stage]
+    dataset = build_dataset(config.data, built, stage_template(recipe, config))
+    llava = llava_from(built, recipe)
+    del built  # only its weights were needed
+    return train_baseline(
+        llava, dataset, recipe, config, dataset.tokenizer.pad_token_id, warmup=warmup
+    )
+
+
+def _train_rounds(args: argparse.Namespace, recipes: dict[str, tuple]) -> dict[str, list]:
+    """Every side once per round; odd rounds run the sides in reverse order."""
+    from mllm.bench.ours import train_ours
+
+    runs: dict[str, list] = {name: [] for name in recipes}
+    for round_index in range(args.rounds):
+        names = list(recipes) if round_index % 2 == 0 else list(reversed(recipes))
+        for name in names:
+            recipe, stage = recipes[name]
+            if name == "baseline":
+                run = _run_baseline(recipe, stage, args.warmup)
+            else:
+                run = train_ours(recipe, stage, f"ours {name}", warmup=args.warmup)
+            runs[name].append(run)
+            print(f"round {round_index + 1} {name}: {run.tokens_per_s:.0f} tokens/s", flush=True)
+    return {("baseline" if n == "baseline" else f"ours {n}"): r for n, r in runs.items()}
+
+
+def _generation(args: argparse.Namespace, recipe, stage: str, mix) -> list:
+    """Both sides' generation from one freshly built model (the baseline gets its weights)."""
+    from PIL import Image
+
+    from mllm.bench.baseline import llava_from
+    from mllm.bench.generation import bench_generation
+    from mllm.bench.ours import build_for_stage
+    from mllm.inference.loading import LoadedModel
+    from mllm.models.builder import stage_template
+
+    built = build_for_stage(recipe, stage)
+    llava = llava_from(built, recipe)
+    config = recipe.stages[stage]
+    template = stage_template(recipe, config)
+    loaded = LoadedModel(built, recipe, template, config.data.image_aspect_ratio, {})
+    files = sorted(mix.image_folder.glob("*.png"))[: args.gen_prompts]
+    images = [Image.open(path).convert("RGB") for path in files]
+    return bench_generation(loaded, llava, images, new_tokens=args.gen_tokens)
+
+
+def _figures(runs: dict[str, list], generation: list) -> dict:
+    fields = ("tokens_per_s", "samples_per_s", "padding_share", "step_s", "peak_mib")
+    return {
+        "training": {
+            name: [{**{f: getattr(r, f) for f in fields}, "sections": r.sections} for r in side]
+            for name, side in runs.items()
+        },
+        "generation": {
+            run.name: {"ttft_s": run.ttft_s, "tokens_per_s": run.tokens_per_s} for run in generation
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_distributed keeps it
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from mllm.bench.data import write_length_mix
+    from mllm.bench.report import breakdown_table, generation_table, training_table
+
+    torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    started = time.perf_counter()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    mix = write_length_mix(
+        args.workdir / "data", num_samples=args.samples, image_size=TINY["image_size"]
+    )
+    path = Path(args.recipe) if args.recipe else _builtin_recipe(args.workdir)
+    recipes = {name: _load(args, path, name, mix) for name in ["baseline", *args.variants]}
+    runs = _train_rounds(args, recipes)
+    recipe, stage = recipes["baseline"]
+    generation = _generation(args, recipe, stage, mix)
+
+    print()
+    print(training_table(runs))
+    print()
+    print(breakdown_table(runs))
+    print()
+    print(generation_table(generation))
+    print()
+    first = {name: [round(r.losses[0], 5) for r in side] for name, side in runs.items()}
+    print(f"first-step losses (same start weights; same samples unless grouped): {first}")
+    print(f"recipe {path}, stage {stage}; {time.perf_counter() - started:.0f} s in all")
+    if args.json:
+        args.json.write_text(json.dumps(_figures(runs, generation), indent=2) + "\n")
+    return 0

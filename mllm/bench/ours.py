@@ -1,0 +1,98 @@
+"""Our side of the benchmark: one stage trained through the calls ``scripts/train.py`` makes.
+
+Build the model, apply the stage, build the dataset and collator, run ``Trainer.train`` with a
+:class:`~mllm.training.timing.StepTimer` attached: the same code as a real run, minus the
+final checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import redirect_stderr
+
+from mllm.bench.measure import PeakMemory, TrainRun
+from mllm.config import RecipeConfig
+from mllm.data.builder import build_collator, build_dataset
+from mllm.models.builder import DTYPES, BuiltModel, build_model, special_tokens_for, stage_template
+from mllm.models.lora import lora_settings
+from mllm.training.deepspeed_config import build_deepspeed_config
+from mllm.training.distributed import init_distributed
+from mllm.training.metrics import read_metrics
+from mllm.training.setup import enable_gradient_checkpointing, seed_everything
+from mllm.training.stage import apply_stage
+from mllm.training.timing import StepTimer
+from mllm.training.trainer import Trainer
+
+#: Trainer sections (plus the vision tower's forward, timed by hooks) in report order.
+SECTIONS = ("data", "vision", "llm_forward", "backward", "optimizer")
+
+
+def build_for_stage(recipe: RecipeConfig, stage_name: str) -> BuiltModel:
+    """The stage's model as ``train_stage`` builds it: LoRA/QLoRA adapters, tune modes and
+    activation checkpointing applied (the stage's ``init_from`` weights are not loaded)."""
+    stage = recipe.stages[stage_name]
+    seed_everything(recipe.seed)
+    lora = lora_settings(recipe, stage_name)
+    built = build_model(
+        recipe.model,
+        dtype=DTYPES[stage.precision],
+        special_tokens=special_tokens_for(recipe),
+        quantize_llm=lora if stage.train.llm == "qlora" else None,
+    )
+    apply_stage(built.model, stage.train, lora)
+    if stage.gradient_checkpointing:
+        enable_gradient_checkpointing(built.model)
+    return built
+
+
+def train_ours(
+    recipe: RecipeConfig, stage_name: str, name: str, *, warmup: int, sync: bool = False
+) -> TrainRun:
+    """Train ``stage_name`` for its ``max_steps`` and time the steps after ``warmup``.
+
+    Args:
+        recipe: a recipe whose stage has no ``init_from`` and writes to a scratch folder.
+        stage_name: the stage to run.
+        name: the run's label in the report.
+        warmup: steps left out of the measurement (allocator, thread pools, first batches).
+        sync: synchronise the GPU around every section (exact breakdown, slower steps).
+
+    Returns:
+        The measured steps, mean section times and peak memory.
+    """
+    stage = recipe.stages[stage_name]
+    runtime = init_distributed()
+    ds_config = build_deepspeed_config(stage, runtime.world_size, f"stages.{stage_name}")
+    built = build_for_stage(recipe, stage_name)
+    dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
+    timer = StepTimer(sync=sync)
+    hooks = timer.watch(built.model.vision, "vision")
+    trainer = Trainer(
+        recipe=recipe,
+        stage_name=stage_name,
+        built=built,
+        dataset=dataset,
+        collator=build_collator(stage.data, built.tokenizer.pad_token_id),
+        ds_config=ds_config,
+        runtime=runtime,
+        saved_components=[],
+        timer=timer,
+    )
+    # The trainer's progress bar would interleave with the report.
+    with PeakMemory() as memory, open(os.devnull, "w") as quiet, redirect_stderr(quiet):
+        trainer.train()
+    for hook in hooks:
+        hook.remove()
+    measured = timer.section_times[warmup:]
+    sections = {}
+    for section in ("data", "vision", "forward", "backward", "optimizer"):
+        sections[section] = sum(step.get(section, 0.0) for step in measured) / len(measured)
+    sections["llm_forward"] = sections.pop("forward") - sections["vision"]
+    losses = [row["loss"] for row in read_metrics(trainer.out_dir / "metrics.jsonl")]
+    return TrainRun(
+        name=name,
+        steps=timer.steps[warmup - 1 :],
+        sections={key: sections[key] for key in SECTIONS},
+        peak_mib=memory.peak_mib,
+        losses=losses,
+    )

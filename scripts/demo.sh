@@ -10,8 +10,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}" TOKENIZERS_PARALLELISM=fal
 work=runs/demo
 start=$(date +%s)
 
-mllm make-tiny "$work/models" --image-size 32 --patch-size 8
-mllm demo-data "$work/data" --num-align 8000 --num-instruct 8000 --num-test 100 --image-size 32
+mllm make-tiny "$work/models" --image-size 32 --patch-size 8 --vision-layers 3 --llm-layers 3
+mllm demo-data "$work/data" --num-align 12800 --num-instruct 9600 --num-test 100 --image-size 32
 python scripts/train.py recipes/tiny/shapes_mlp.yaml
 trained=$(date +%s)
 

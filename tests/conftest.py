@@ -1,4 +1,5 @@
-"""Shared, session-scoped fixtures: a tiny tokenizer and tiny image processors, built offline."""
+"""Shared, session-scoped fixtures: a tiny tokenizer and tiny image processors, built offline,
+and (from the ``trained_shapes`` plugin) a tiny model trained on the shapes task."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from mllm.data.templates import DEFAULT_IMAGE_TOKEN, TEMPLATES
 from mllm.tiny import make_tiny_vision_tower, train_tiny_tokenizer
+
+# One ``trained_shapes`` fixture for the whole session: the model trains once, on first use.
+pytest_plugins = ["trained_shapes"]
 
 
 @pytest.fixture(scope="session")

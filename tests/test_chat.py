@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from interop_utils import (
+    llava_reference_answer,
+    llava_state,
+    llava_tokenizer_image_token,
+    reference_llava,
+    write_llava,
+)
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoImageProcessor, AutoTokenizer
 
 from mllm.cli import main as cli
-from mllm.inference import SamplingSettings, load_model
+from mllm.data.images import load_image
+from mllm.data.templates import get_template
+from mllm.inference import GenerationRequest, SamplingSettings, complete, load_model
 from mllm.inference.chat import ChatSession, main, run_interactive
-
-pytest_plugins = ["trained_shapes"]
+from mllm.inference.loading import load_model_from_args
+from mllm.serve.server import build_parser as serve_parser
+from mllm.tiny import make_tiny_models
 
 
 def test_chat_prompt_answers_held_out_colour_questions(trained_shapes, capsys):
@@ -79,8 +95,6 @@ def test_interactive_chat_keeps_history_and_obeys_commands(trained_shapes):
 def test_a_session_sends_the_history_with_each_question(trained_shapes):
     loaded = load_model(trained_shapes.checkpoint)
     first = trained_shapes.held_out[0]
-    from mllm.data.images import load_image
-
     session = ChatSession(loaded, SamplingSettings(max_new_tokens=8), load_image(first.image))
     out = io.StringIO()
     question = first.text.replace("\n", " ")
@@ -124,3 +138,93 @@ def test_folders_that_are_not_checkpoints_are_refused(trained_shapes, tmp_path):
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+LLAVA_QUESTION = "What color is the shape?"
+#: Random weights answer with stray byte tokens; past 6 tokens the answer about image 1 ends in
+#: bytes that are no valid UTF-8, which a streaming decode cannot render as a whole-answer
+#: decode does (the decoder keeps the text it already sent).
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory) -> dict[str, Path]:
+    """An original LLaVA-1.5 folder of tiny random models, whose config names its tower by hub
+    id (never downloaded), and two non-square images."""
+    root = tmp_path_factory.mktemp("llava")
+    tiny = make_tiny_models(root / "models", image_size=32, patch_size=8)
+    images = root / "images"
+    images.mkdir()
+    for index in range(2):
+        pixels = np.random.default_rng(index).integers(0, 256, size=(24, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{index}.png")
+    folder = write_llava(root / "llava-v1.5-tiny", tiny, llava_state(tiny))
+    return {**tiny, "folder": folder, "images": images}
+
+
+def test_chat_and_eval_answer_an_original_llava_folder_as_llava_does(llava, tmp_path):
+    """The answers of transformers' Llava on the same tensors, prompted LLaVA's way."""
+    torch.set_num_threads(1)
+    folder, tower = llava["folder"], ["--vision-tower", str(llava["clip"])]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    reference = reference_llava(llava, llava_state(llava), len(tokenizer))
+    processor = AutoImageProcessor.from_pretrained(llava["clip"])
+    turns = [{"from": "human", "value": f"<image>\n{LLAVA_QUESTION}"}]
+    prompt = get_template("vicuna_v1").generation_prompt(turns)
+    paths = sorted(llava["images"].glob("*.png"))
+    expected = [
+        llava_reference_answer(
+            reference,
+            processor,
+            tokenizer,
+            prompt,
+            load_image(path),
+            num_image_tokens=16,
+            max_new_tokens=NEW_TOKENS,
+        )
+        for path in paths
+    ]
+
+    tokens = ["--max-new-tokens", str(NEW_TOKENS)]
+    chat = ["--model", str(folder), *tower, "--image", str(paths[0]), *tokens]
+    code, out, err = _run_chat([*chat, "--prompt", LLAVA_QUESTION], [])
+    assert (code, out) == (0, f"{expected[0]}\n"), err
+
+    questions = tmp_path / "questions.jsonl"
+    records = [
+        {"question_id": i, "image": p.name, "text": LLAVA_QUESTION} for i, p in enumerate(paths)
+    ]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    predictions = tmp_path / "predictions.jsonl"
+    args = ["eval", "--model", str(folder), *tower, "--questions", str(questions), *tokens]
+    args += ["--image-folder", str(llava["images"]), "--output", str(predictions)]
+    assert cli([*args, "--batch-size", "2"]) == 0  # both questions in one padded batch
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [row["text"] for row in rows] == expected
+    assert {row["model_id"] for row in rows} == {folder.name}
+
+    # The prompt is tokenized piece by piece around the image, as LLaVA does: one token more
+    # than tokenizing it whole with <image> as a special token (the "▁" after the image).
+    loaded = load_model(folder, vision_tower_path=str(llava["clip"]))
+    request = GenerationRequest(turns, [load_image(paths[0])])
+    (completion,) = complete(loaded, [request], SamplingSettings(max_new_tokens=1))
+    llava_length = len(llava_tokenizer_image_token(tokenizer, prompt)) - 1 + 16
+    whole_length = len(loaded.built.tokenizer(prompt).input_ids) - 1 + 16
+    assert completion.prompt_tokens == llava_length != whole_length
+
+
+def test_a_projector_only_llava_folder_needs_base_llm(llava, tmp_path):
+    stage1 = tmp_path / "llava-v1.5-pretrain"
+    stage1.mkdir()
+    (stage1 / "config.json").write_text((llava["folder"] / "config.json").read_text())
+    projector = {k: v for k, v in llava_state(llava).items() if k.startswith("model.mm_projector.")}
+    save_file(projector, str(stage1 / "mm_projector.safetensors"))
+    tower = ["--vision-tower", str(llava["clip"])]
+    code, _, err = _run_chat(["--model", str(stage1), *tower, "--prompt", "hi"], [])
+    assert code == 2 and "--base-llm PATH" in err
+    args = ["--model", str(stage1), *tower, "--base-llm", str(llava["llama"])]
+    loaded = load_model_from_args(serve_parser().parse_args(args))
+    assert (loaded.template, loaded.manifest["prompt_tokenization"]) == ("plain", "llava")
+    torch.testing.assert_close(
+        loaded.built.model.projector.layers[0].weight, projector["model.mm_projector.0.weight"]
+    )

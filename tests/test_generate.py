@@ -24,8 +24,6 @@ from mllm.inference.decoding import StopStringDecoder
 from mllm.models.builder import build_model, special_tokens_for
 from mllm.training.checkpoint import CheckpointError
 
-pytest_plugins = ["trained_shapes"]
-
 
 def _feed(decoder: StopStringDecoder, ids: list[int]) -> list[str]:
     deltas = [decoder.add(i) for i in ids]
@@ -205,7 +203,18 @@ def test_folders_that_are_not_checkpoints_get_clear_errors(trained_shapes, tmp_p
     monkeypatch.setattr(loading_module, "_foreign_loader", lambda: load_foreign)
     with pytest.raises(ValueError, match="no config.json$"):
         load_model(tmp_path, dtype=torch.bfloat16, quantize=None)
-    assert calls == [(tmp_path, {"dtype": torch.bfloat16, "device": "cpu", "quantize": None})]
+    foreign = {"vision_tower_path": "tower", "base_llm": None, "template": "plain"}
+    with pytest.raises(ValueError, match="no config.json$"):
+        load_model(tmp_path, vision_tower_path="tower", template="plain")
+    assert calls == [
+        (
+            tmp_path,
+            {"dtype": torch.bfloat16, "device": "cpu", "quantize": None, **dict.fromkeys(foreign)},
+        ),
+        (tmp_path, {"dtype": torch.float32, "device": "cpu", "quantize": None, **foreign}),
+    ]
+    with pytest.raises(CheckpointError, match="vision_tower_path only apply to LLaVA"):
+        load_model(trained_shapes.checkpoint, vision_tower_path="tower")
     with pytest.raises(CheckpointError, match="no config.json; checkpoints inside it: "):
         load_model(run_folder)
 

@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interop_utils import (
+    llava_config,
+    llava_image_processor,
+    llava_state,
+    llava_tokenizer_image_token,
+    reference_llava,
+    write_llava,
+)
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import (
-    AutoProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaImageProcessorPil,
-)
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from mllm.cli import main as cli
 from mllm.config import dump_recipe, validate_recipe
@@ -36,7 +37,6 @@ from mllm.tiny import UNK_ID, make_tiny_models
 from mllm.training import checkpoint as ckpt
 
 QLORA_SKIP = qlora_unavailable_reason()
-TOWER_ID = "openai/clip-vit-large-patch14-336"  # what LLaVA-1.5 configs name; never downloaded
 QUESTION = [{"from": "human", "value": "<image>\nWhat color is the shape?"}]
 
 
@@ -52,103 +52,10 @@ def image() -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def _llava_state(tiny: dict[str, Path], tower_noise: float = 0.0) -> dict[str, torch.Tensor]:
-    """LLaVA-1.5's tensor names: the LLM as is, ``model.mm_projector.{0,2}``, and the tower
-    under ``model.vision_tower.vision_tower`` (optionally changed, as after tower training)."""
-    state = load_file(tiny["llama"] / "model.safetensors")
-    generator = torch.Generator().manual_seed(3)
-    for name, tensor in load_file(tiny["clip"] / "model.safetensors").items():
-        noise = tower_noise * torch.randn(tensor.shape, generator=generator)
-        state[f"model.vision_tower.vision_tower.{name}"] = tensor + noise
-    for index in (0, 2):
-        state[f"model.mm_projector.{index}.weight"] = 0.2 * torch.randn(64, 64, generator=generator)
-        state[f"model.mm_projector.{index}.bias"] = 0.2 * torch.randn(64, generator=generator)
-    return state
-
-
-def _llava_config(tiny: dict[str, Path], **changes) -> dict:
-    config = json.loads((tiny["llama"] / "config.json").read_text())
-    config.update(
-        architectures=["LlavaLlamaForCausalLM"],
-        model_type="llava",
-        mm_vision_tower=TOWER_ID,
-        mm_hidden_size=64,
-        mm_projector_type="mlp2x_gelu",
-        mm_vision_select_layer=-2,
-        mm_vision_select_feature="patch",
-        mm_use_im_start_end=False,
-        mm_use_im_patch_token=False,
-        image_aspect_ratio="pad",
-        tune_mm_mlp_adapter=False,
-        use_mm_proj=True,
-    )
-    config.update(changes)
-    return config
-
-
-def _write_llava(folder: Path, tiny, state, *, shards: int = 2, **changes) -> Path:
-    """A LLaVA-1.5 checkpoint folder: config, tokenizer and (sharded) safetensors weights."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(_llava_config(tiny, **changes), indent=2))
-    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
-        shutil.copy(tiny["llama"] / name, folder / name)
-    names = sorted(state)
-    weight_map = {}
-    for shard in range(shards):
-        file = f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: state[n].contiguous() for n in names[shard::shards]}
-        save_file(part, str(folder / file), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, file))
-    size = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": size}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    return folder
-
-
-def _reference_llava(tiny, state, vocab: int) -> LlavaForConditionalGeneration:
-    """transformers' port of LLaVA on the same tensors. LLaVA splices image features in place of
-    a -200 id; here the placeholder is <unk> (no prompt has one), so the vocabulary is LLaVA's."""
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
-        text_config=LlamaConfig.from_pretrained(tiny["llama"]),
-        image_token_index=UNK_ID,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    assert config.text_config.vocab_size == vocab
-    mapped = {}
-    for name, tensor in state.items():
-        if name.startswith("model.vision_tower.vision_tower."):
-            mapped[
-                "model.vision_tower." + name.removeprefix("model.vision_tower.vision_tower.")
-            ] = tensor
-        elif name.startswith("model.mm_projector."):
-            index, param = name.removeprefix("model.mm_projector.").split(".")
-            mapped[f"model.multi_modal_projector.linear_{1 + int(index) // 2}.{param}"] = tensor
-        elif name.startswith("model."):
-            mapped["model.language_model." + name.removeprefix("model.")] = tensor
-        else:
-            mapped[name] = tensor
-    reference = LlavaForConditionalGeneration(config)
-    reference.load_state_dict(mapped, strict=True)
-    return reference.eval()
-
-
-def _llava_tokenizer_image_token(tokenizer, prompt: str) -> list[int]:
-    """LLaVA's mm_utils.tokenizer_image_token, restated: chunks joined by -200, BOS once."""
-    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
-    joined = [x for chunk in chunks for x in (chunk, [-200, -200])][:-1]
-    offset = 1 if chunks[0][:1] == [tokenizer.bos_token_id] else 0
-    ids = [tokenizer.bos_token_id] if offset else []
-    for part in joined:
-        ids.extend(part[offset:])
-    return ids
-
-
 @pytest.mark.parametrize("trained_tower", [False, True], ids=["frozen-tower", "trained-tower"])
 def test_llava_checkpoint_matches_llavas_computation(tiny, image, tmp_path, trained_tower):
-    state = _llava_state(tiny, tower_noise=0.05 if trained_tower else 0.0)
-    folder = _write_llava(tmp_path / "ckpt", tiny, state, unfreeze_mm_vision_tower=trained_tower)
+    state = llava_state(tiny, tower_noise=0.05 if trained_tower else 0.0)
+    folder = write_llava(tmp_path / "ckpt", tiny, state, unfreeze_mm_vision_tower=trained_tower)
     assert detect_format(folder) == "llava"
     loaded = load_foreign(folder, vision_tower_path=str(tiny["clip"]))
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
@@ -158,14 +65,7 @@ def test_llava_checkpoint_matches_llavas_computation(tiny, image, tmp_path, trai
 
     # LLaVA's preprocessing: expand2square with the mean colour, then CLIP's processor.
     pixels = prepare_image(image, loaded.built.image_processor, loaded.image_aspect_ratio)
-    processor = loaded.built.image_processor
-    llava_processor = LlavaImageProcessorPil(
-        do_pad=True,
-        size=processor.size,
-        crop_size=processor.crop_size,
-        image_mean=processor.image_mean,
-        image_std=processor.image_std,
-    )
+    llava_processor = llava_image_processor(loaded.built.image_processor)
     expected_pixels = llava_processor(images=image, return_tensors="pt")["pixel_values"][0]
     torch.testing.assert_close(pixels, expected_pixels, rtol=0, atol=0)
 
@@ -180,14 +80,14 @@ def test_llava_checkpoint_matches_llavas_computation(tiny, image, tmp_path, trai
         image_token_id=model.image_token_id,
         num_image_tokens=model.num_image_tokens,
     )
-    llava_ids = _llava_tokenizer_image_token(tokenizer, prompt)
+    llava_ids = llava_tokenizer_image_token(tokenizer, prompt)
     assert llava_ids.count(-200) == 1 and model.num_image_tokens == 16
     cut = llava_ids.index(-200)
     expanded = llava_ids[:cut] + [UNK_ID] * 16 + llava_ids[cut + 1 :]
     assert ids == [model.image_token_id if i == UNK_ID else i for i in expanded]
 
     vocab = len(tokenizer) - 1  # LLaVA's vocabulary: mllm adds <image> after it
-    reference = _reference_llava(tiny, state, vocab)
+    reference = reference_llava(tiny, state, vocab)
     with torch.no_grad():
         ours = model(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).logits
         theirs = reference(
@@ -197,7 +97,7 @@ def test_llava_checkpoint_matches_llavas_computation(tiny, image, tmp_path, trai
 
 
 def test_llava_checkpoint_exports_to_hf_llava(tiny, image, tmp_path):
-    folder = _write_llava(tmp_path / "ckpt", tiny, _llava_state(tiny))
+    folder = write_llava(tmp_path / "ckpt", tiny, llava_state(tiny))
     out = tmp_path / "hf"
     args = ["export", str(folder), "--format", "hf-llava", "--out", str(out)]
     assert cli([*args, "--vision-tower", str(tiny["clip"])]) == 0
@@ -216,7 +116,7 @@ def test_llava_checkpoint_exports_to_hf_llava(tiny, image, tmp_path):
 def test_foreign_llms_load_in_4bit(tiny, tmp_path):
     from bitsandbytes.nn import Linear4bit
 
-    folder = _write_llava(tmp_path / "ckpt", tiny, _llava_state(tiny))
+    folder = write_llava(tmp_path / "ckpt", tiny, llava_state(tiny))
     tower = str(tiny["clip"])
     export_hf_llava(folder, tmp_path / "hf", vision_tower_path=tower)
     for loaded in (
@@ -234,9 +134,9 @@ def test_foreign_llms_load_in_4bit(tiny, tmp_path):
 
 
 def test_llava_pickled_weights_are_converted_once(tiny, tmp_path):
-    state = _llava_state(tiny)
+    state = llava_state(tiny)
     state["lm_head.weight"] = state["model.embed_tokens.weight"]  # shared storage, as when tied
-    folder = _write_llava(tmp_path / "bin", tiny, {}, shards=1)
+    folder = write_llava(tmp_path / "bin", tiny, {}, shards=1)
     for file in folder.glob("model*.safetensors*"):
         file.unlink()
     names = sorted(state, key=lambda n: not n.startswith(("lm_head", "model.embed")))
@@ -269,8 +169,8 @@ def test_llava_pickled_weights_are_converted_once(tiny, tmp_path):
 def test_llava_stage1_projector_needs_its_base_llm(tiny, tmp_path):
     folder = tmp_path / "pretrain"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(_llava_config(tiny)))
-    state = _llava_state(tiny)
+    (folder / "config.json").write_text(json.dumps(llava_config(tiny)))
+    state = llava_state(tiny)
     projector = {k: v for k, v in state.items() if k.startswith("model.mm_projector.")}
     save_file(projector, str(folder / "mm_projector.safetensors"))
     with pytest.raises(ForeignFormatError, match="base_llm"):
@@ -291,13 +191,13 @@ def test_llava_stage1_projector_needs_its_base_llm(tiny, tmp_path):
     ],
 )
 def test_llava_features_mllm_cannot_reproduce_are_named(tiny, tmp_path, change, message):
-    folder = _write_llava(tmp_path / "ckpt", tiny, {"x": torch.zeros(1)}, shards=1, **change)
+    folder = write_llava(tmp_path / "ckpt", tiny, {"x": torch.zeros(1)}, shards=1, **change)
     with pytest.raises(ForeignFormatError, match=message):
         load_foreign(folder, vision_tower_path=str(tiny["clip"]))
 
 
 def test_llava_tower_that_cannot_be_loaded_asks_for_a_local_copy(tiny, tmp_path):
-    folder = _write_llava(tmp_path / "ckpt", tiny, _llava_state(tiny), shards=1)
+    folder = write_llava(tmp_path / "ckpt", tiny, llava_state(tiny), shards=1)
     with pytest.raises(ForeignFormatError, match="--vision-tower"):
         load_foreign(folder, vision_tower_path=str(tmp_path / "missing"))
 

@@ -22,8 +22,6 @@ from mllm.inference import load_model
 from mllm.serve.openai_api import ServerLimits
 from mllm.serve.server import ModelServer, ServeSettings, make_server
 
-pytest_plugins = ["trained_shapes"]
-
 NAME = "tiny-shapes"
 
 

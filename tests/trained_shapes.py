@@ -6,8 +6,8 @@ shapes (12/12 when this was written, ~60-75 s on 2 busy cores). Generation, chat
 serving tests use it to check real answers rather than the output of random weights.
 
 Set ``MLLM_TEST_TRAINED_SHAPES=DIR`` to train into DIR and reuse it in later sessions while
-developing (it retrains when the recipe changes). Test modules load it as a plugin (``pytest_plugins = ["trained_shapes"]``) so that there is one
-fixture, and training runs once, however many modules ask for it.
+developing (it retrains when the recipe changes). ``tests/conftest.py`` loads this module as a
+plugin, so there is one fixture and training runs once, however many modules ask for it.
 """
 
 from __future__ import annotations

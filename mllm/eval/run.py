@@ -1,7 +1,9 @@
-"""``mllm eval``: answer a LLaVA-format question file with a checkpoint, then score it.
+"""``mllm eval``: answer a LLaVA-format question file with a model, then score it.
 
 Questions: JSONL of ``{question_id, image, text[, category]}`` (images relative to a folder);
-answers written in LLaVA's format ``{question_id, prompt, text, model_id}``. CPU-sized command::
+answers written in LLaVA's format ``{question_id, prompt, text, model_id}``. The model is any
+folder ``mllm chat`` loads (an mllm checkpoint, an original LLaVA or a transformers Llava
+folder). CPU-sized command::
 
     mllm eval --model runs/demo/shapes-mlp/instruct/final \\
         --questions runs/demo/data/test/questions.jsonl --image-folder runs/demo/data/images \\
@@ -18,10 +20,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mllm.data.images import load_image
-from mllm.data.templates import DEFAULT_IMAGE_TOKEN
 from mllm.eval.scoring import score
-from mllm.inference import GenerationRequest, LoadedModel, generate, load_checkpoint
+from mllm.inference import GenerationRequest, LoadedModel, generate
+from mllm.inference.inputs import image_question, read_image
+from mllm.inference.loading import ModelLoadError, add_model_arguments, load_model_from_args
 
 
 def read_questions(path: Path) -> list[dict]:
@@ -71,11 +73,11 @@ def answer_questions(
                     raise ValueError(
                         f"question {record['question_id']} has an image; pass --image-folder"
                     )
-                image = load_image(image_folder / record["image"])
+                image = read_image(image_folder / record["image"])
                 if blank_images:
                     image = Image.new("RGB", image.size, (128, 128, 128))
                 images.append(image)
-                text = f"{DEFAULT_IMAGE_TOKEN}\n{text}"
+                text = image_question(loaded, text)
             requests.append(GenerationRequest([{"from": "human", "value": text}], images))
         answers = generate(loaded, requests, max_new_tokens=max_new_tokens)
         for record, answer in zip(batch, answers, strict=True):
@@ -90,11 +92,11 @@ def answer_questions(
     return predictions
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mllm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, type=Path, help="an mllm checkpoint folder")
+    add_model_arguments(parser)
     parser.add_argument("--questions", required=True, type=Path)
     parser.add_argument("--image-folder", type=Path)
     parser.add_argument("--output", required=True, type=Path, help="answers JSONL to write")
@@ -104,19 +106,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--blank-images", action="store_true", help="control: replace images by gray"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    loaded = load_checkpoint(args.model)
-    questions = read_questions(args.questions)
-    predictions = answer_questions(
-        loaded,
-        questions,
-        args.image_folder,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        blank_images=args.blank_images,
-    )
+    try:
+        questions = read_questions(args.questions)  # before the slow part
+        loaded = load_model_from_args(args)
+        predictions = answer_questions(
+            loaded,
+            questions,
+            args.image_folder,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            blank_images=args.blank_images,
+        )
+    except (ModelLoadError, ValueError, OSError) as exc:
+        parser.exit(2, f"mllm eval: {exc}\n")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("".join(json.dumps(p) + "\n" for p in predictions))
     if args.answers:

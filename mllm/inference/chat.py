@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
-import torch
 from PIL import Image
 
-from mllm.data.images import ImageLoadError, load_image
+from mllm.data.images import ImageLoadError
 from mllm.data.templates import ConversationError
 from mllm.inference.generate import GenerationRequest, SamplingSettings, stream
-from mllm.inference.loading import LoadedModel, load_model
-from mllm.inference.quantize import QUANTIZE_MODES, QuantizationUnavailableError
-from mllm.models.builder import DTYPES
+from mllm.inference.inputs import image_question, read_image
+from mllm.inference.loading import (
+    LoadedModel,
+    ModelLoadError,
+    add_model_arguments,
+    load_model_from_args,
+)
 
 HELP = "commands: /image PATH (new conversation about it), /reset, /help, /quit"
 
@@ -63,7 +64,7 @@ class ChatSession:
         """
         user = text
         if not self.history and self.image is not None:
-            user = f"{self.loaded.built.image_token}\n{text}"
+            user = image_question(self.loaded, text)
         turns = [*self.history, {"from": "human", "value": user}]
         if self.system is not None:
             turns.insert(0, {"from": "system", "value": self.system})
@@ -77,14 +78,6 @@ class ChatSession:
             {"from": "human", "value": user},
             {"from": "gpt", "value": "".join(answer)},
         ]
-
-
-def _read_image(path: str) -> Image.Image:
-    """The image at ``path`` as RGB; the error names the path and what is wrong with it."""
-    if not Path(path).is_file():
-        what = "is a folder, not an image" if Path(path).is_dir() else "does not exist"
-        raise ImageLoadError(f"image {path!r} {what}")
-    return load_image(path)
 
 
 def _say(session: ChatSession, text: str, out: TextIO, err: TextIO) -> bool:
@@ -135,7 +128,7 @@ def run_interactive(session: ChatSession, stdin: TextIO, out: TextIO, err: TextI
                 err.write("usage: /image PATH\n")
                 continue
             try:
-                session.set_image(_read_image(argument.strip()))
+                session.set_image(read_image(argument.strip()))
             except ImageLoadError as exc:
                 err.write(f"error: {exc}\n")
                 continue
@@ -150,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mllm chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help="an mllm checkpoint or a LLaVA folder")
+    add_model_arguments(parser)
     parser.add_argument("--image", help="image to talk about (PNG, JPEG, ...)")
     parser.add_argument("--prompt", help="answer this one question and exit")
     parser.add_argument("--system", help="system prompt (default: the template's)")
@@ -158,9 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, help="makes sampling repeatable")
-    parser.add_argument("--quantize", choices=QUANTIZE_MODES, help="LLM in 4/8 bits")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 
 
@@ -177,18 +167,14 @@ def main(
     args = parser.parse_args(argv)
     try:
         settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-        image = _read_image(args.image) if args.image else None  # before the slow part
+        image = read_image(args.image) if args.image else None  # before the slow part
     except (ValueError, ImageLoadError) as exc:
         err.write(f"mllm chat: {exc}\n")
         return 2
-    # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16.
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     try:
-        loaded = load_model(
-            args.model, dtype=DTYPES[args.dtype], device=args.device, quantize=args.quantize
-        )
-    except (ValueError, OSError, QuantizationUnavailableError) as exc:
-        err.write(f"mllm chat: cannot load --model {args.model}: {exc}\n")
+        loaded = load_model_from_args(args)
+    except ModelLoadError as exc:
+        err.write(f"mllm chat: {exc}\n")
         return 2
     session = ChatSession(loaded, settings, image=image, system=args.system)
     if args.prompt is not None:

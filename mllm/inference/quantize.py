@@ -15,13 +15,17 @@ import importlib.util
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM
 
-from mllm.inference.loading import LoadedModel, load_checkpoint
+from mllm.models.llm import bitsandbytes_config
 from mllm.models.lora import merge_adapters
 from mllm.training.checkpoint import read_manifest
+
+if TYPE_CHECKING:  # loading imports this module for its command-line options
+    from mllm.inference.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +58,32 @@ def check_quantization(quantize: str) -> None:
         ) from exc
 
 
-def _bnb_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfig:
-    if quantize == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True)
+def llm_load_options(
+    dtype: torch.dtype,
+    quantize: str | None,
+    device: str,
+    skip_modules: list[str] | None = None,
+) -> dict:
+    """``from_pretrained`` options for an LLM in ``dtype``, quantised when ``quantize`` is set.
+
+    Args:
+        dtype: parameter dtype (and the compute dtype of 4-bit layers).
+        quantize: ``None``, ``"4bit"`` (NF4 with double quantisation) or ``"8bit"``.
+        device: where a quantised model is placed (bitsandbytes quantises while loading).
+        skip_modules: modules left unquantised (see ``mllm.models.llm.bitsandbytes_config``).
+
+    Raises:
+        ValueError: ``quantize`` is not one of :data:`QUANTIZE_MODES`.
+    """
+    if quantize is None:
+        return {"dtype": dtype}
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize={quantize!r}; choose one of: {', '.join(QUANTIZE_MODES)}")
+    return {
+        "dtype": dtype,
+        "quantization_config": bitsandbytes_config(quantize, dtype, skip_modules=skip_modules),
+        "device_map": {"": device},
+    }
 
 
 def load_quantized_llm(
@@ -76,9 +97,7 @@ def load_quantized_llm(
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(path),
-            quantization_config=_bnb_config(quantize, dtype),
-            dtype=dtype,
-            device_map={"": device},
+            **llm_load_options(dtype, quantize, device),
             attn_implementation=attn_implementation,
         )
     except (ImportError, RuntimeError) as exc:
@@ -96,6 +115,8 @@ def load_quantized_checkpoint(
         CheckpointError: the folder is not a complete mllm checkpoint.
         QuantizationUnavailableError: bitsandbytes cannot quantise here.
     """
+    from mllm.inference.loading import load_checkpoint
+
     check_quantization(quantize)
     adapter = read_manifest(folder).get("adapters", {}).get("llm")
     if quantize == "4bit" and adapter is not None and adapter["mode"] == "qlora":

@@ -49,14 +49,15 @@ def load_foreign(
 
     Raises:
         ValueError: ``quantize`` is not ``4bit``, ``8bit`` or ``None``.
+        QuantizationUnavailableError: ``quantize`` was asked for where bitsandbytes cannot run.
         ForeignFormatError: the folder is neither layout, holds only pickled weights (the
             message gives the ``mllm convert-llava`` command), or uses a feature mllm cannot
             reproduce (the message names the config key).
     """
-    from mllm.interop.assemble import QUANTIZE_MODES
+    if quantize is not None:
+        from mllm.inference.quantize import check_quantization
 
-    if quantize not in (None, *QUANTIZE_MODES):
-        raise ValueError(f"quantize={quantize!r}; choose one of: {', '.join(QUANTIZE_MODES)}")
+        check_quantization(quantize)
     folder = Path(folder).resolve()
     kind = detect_format(folder)
     if kind == "llava":

@@ -1,5 +1,5 @@
-"""What the foreign loaders share: the recipe that describes an imported model, the LLM's load
-options, and joining loaded parts into a ``LoadedModel`` the way ``build_model`` joins them.
+"""What the foreign loaders share: the recipe that describes an imported model, its tokenizer,
+and joining loaded parts into a ``LoadedModel`` the way ``build_model`` joins them.
 
 An imported model gets a recipe like a trained one (tower, projector, LLM family, template,
 image mode), with one stage named ``imported`` whose data section only carries the template
@@ -26,43 +26,6 @@ from mllm.models.vision.base import VisionTower
 logger = logging.getLogger(__name__)
 
 IMPORTED_STAGE = "imported"
-
-
-#: ``quantize`` values: the LLM's linear layers in 4-bit NF4 or 8-bit (bitsandbytes), as
-#: ``mllm.inference.loading.load_model`` takes them.
-QUANTIZE_MODES = ("4bit", "8bit")
-
-
-def llm_load_kwargs(
-    dtype: torch.dtype,
-    quantize: str | None,
-    device: str,
-    skip_modules: list[str] | None = None,
-) -> dict:
-    """``from_pretrained`` options for the LLM: its dtype and, when quantised, the bitsandbytes
-    settings of ``mllm.inference.quantize`` (NF4 with double quantisation, or 8-bit) placed
-    on ``device``; modules named in ``skip_modules`` stay unquantised.
-
-    Raises:
-        ValueError: ``quantize`` is not one of :data:`QUANTIZE_MODES`.
-    """
-    if quantize is None:
-        return {"dtype": dtype}
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"quantize={quantize!r}; choose one of: {', '.join(QUANTIZE_MODES)}")
-    from transformers import BitsAndBytesConfig
-
-    if quantize == "4bit":
-        config = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=skip_modules,
-        )
-    else:
-        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
-    return {"dtype": dtype, "quantization_config": config, "device_map": {"": device}}
 
 
 def imported_recipe(

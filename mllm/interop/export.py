@@ -32,7 +32,12 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from mllm.config import RecipeConfig, validate_recipe
 from mllm.data.images import target_size
-from mllm.inference.loading import LoadedModel
+from mllm.inference.loading import (
+    LoadedModel,
+    add_foreign_arguments,
+    load_checkpoint,
+    load_model,
+)
 from mllm.interop.detect import ForeignFormatError, detect_format
 from mllm.interop.hf_llava import EXPORT_NOTE, PROJECTOR_NAMES, TOWERS, strategy_for
 from mllm.models.builder import DTYPES
@@ -145,26 +150,32 @@ def llava_image_processor(processor: BaseImageProcessor, mode: str) -> BaseImage
     return LlavaImageProcessorPil(**fields, do_pad=mode == "pad")
 
 
-def _load(source: Path, dtype: torch.dtype, **foreign) -> LoadedModel:
+def _load(
+    source: Path, dtype: torch.dtype, *, vision_tower_path: str | None, base_llm: str | None
+) -> LoadedModel:
     """Any model folder mllm reads, adapters merged into the LLM (in fp32, as ``mllm merge``)."""
-    if detect_format(source) == "mllm":
-        from mllm.inference.loading import load_checkpoint
-        from mllm.models.lora import merge_adapters
-        from mllm.training.checkpoint import RECIPE_NAME, read_manifest
+    if detect_format(source) != "mllm":
+        return load_model(
+            source, dtype=dtype, vision_tower_path=vision_tower_path, base_llm=base_llm
+        )
+    from mllm.models.lora import merge_adapters
+    from mllm.training.checkpoint import RECIPE_NAME, read_manifest
 
-        # Refuse before loading: a large model takes minutes to load.
-        recipe_path = source / RECIPE_NAME
-        raw = yaml.safe_load(recipe_path.read_text())
-        check_exportable(validate_recipe(raw, str(recipe_path), check_files=False))
-        adapted = bool(read_manifest(source).get("adapters"))
-        loaded = load_checkpoint(source, dtype=torch.float32 if adapted else dtype)
-        if adapted:
-            merge_adapters(loaded.built.model)
-            loaded.built.model.to(dtype)
-        return loaded
-    from mllm.interop import load_foreign
-
-    return load_foreign(source, dtype=dtype, **foreign)
+    if vision_tower_path or base_llm:
+        raise UnsupportedExportError(
+            f"{source}: an mllm checkpoint records its tower and LLM; --vision-tower and "
+            "--base-llm are for original LLaVA folders"
+        )
+    # Refuse before loading: a large model takes minutes to load.
+    recipe_path = source / RECIPE_NAME
+    raw = yaml.safe_load(recipe_path.read_text())
+    check_exportable(validate_recipe(raw, str(recipe_path), check_files=False))
+    adapted = bool(read_manifest(source).get("adapters"))
+    loaded = load_checkpoint(source, dtype=torch.float32 if adapted else dtype)
+    if adapted:
+        merge_adapters(loaded.built.model)
+        loaded.built.model.to(dtype)
+    return loaded
 
 
 def export_hf_llava(
@@ -187,7 +198,8 @@ def export_hf_llava(
         ``out``.
 
     Raises:
-        UnsupportedExportError: a part Llava cannot hold (tower, projector).
+        UnsupportedExportError: a part Llava cannot hold (tower, projector), or LLaVA-only
+            options for an mllm checkpoint.
         ForeignFormatError, CheckpointError: ``source`` cannot be read.
     """
     from mllm.training.checkpoint import commit_staging, prepare_staging
@@ -195,10 +207,7 @@ def export_hf_llava(
     source, out = Path(source).resolve(), Path(out).resolve()
     if source.is_relative_to(out):
         raise UnsupportedExportError(f"{out} would replace {source}; export to another folder")
-    foreign = {
-        k: v for k, v in (("vision_tower_path", vision_tower_path), ("base_llm", base_llm)) if v
-    }
-    loaded = _load(source, DTYPES[dtype], **foreign)
+    loaded = _load(source, DTYPES[dtype], vision_tower_path=vision_tower_path, base_llm=base_llm)
     check_exportable(loaded.recipe)
     config = llava_config(loaded)
     with torch.device("meta"):
@@ -242,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--vision-tower", help="local tower for an original LLaVA checkpoint")
-    parser.add_argument("--base-llm", help="base LLM for a stage-1 (projector-only) LLaVA folder")
+    add_foreign_arguments(parser)
     args = parser.parse_args(argv)
     from mllm.config import RecipeError
     from mllm.training.checkpoint import CheckpointError

@@ -31,11 +31,11 @@ from transformers import (
 )
 
 from mllm.inference.loading import LoadedModel
+from mllm.inference.quantize import llm_load_options
 from mllm.interop.assemble import (
     assemble,
     imported_manifest,
     imported_recipe,
-    llm_load_kwargs,
     load_imported_tokenizer,
 )
 from mllm.interop.detect import ForeignFormatError
@@ -155,7 +155,7 @@ def load_hf_llava(
     kept = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]  # not 4-bit
     hf = load_with_attention(
         lambda **a: LlavaForConditionalGeneration.from_pretrained(
-            folder, **llm_load_kwargs(dtype, quantize, device, skip_modules=kept), **a
+            folder, **llm_load_options(dtype, quantize, device, skip_modules=kept), **a
         ),
         attn,
         str(folder),

@@ -38,11 +38,11 @@ from transformers import (
 
 from mllm.config.schema import VisionTowerConfig
 from mllm.inference.loading import LoadedModel
+from mllm.inference.quantize import llm_load_options
 from mllm.interop.assemble import (
     assemble,
     imported_manifest,
     imported_recipe,
-    llm_load_kwargs,
     load_imported_tokenizer,
 )
 from mllm.interop.detect import ForeignFormatError, detect_format, read_json
@@ -232,7 +232,7 @@ def load_llava(
     tokenizer = load_imported_tokenizer(recipe)
     if not stage1:
         logger.info("loading the LLM of %s; its tower and projector tensors load apart", folder)
-    llm_options = llm_load_kwargs(dtype, quantize, device)
+    llm_options = llm_load_options(dtype, quantize, device)
     if not stage1:  # config.json's model_type is LLaVA's; the LLM's own config is read from it
         llm_options["config"] = spec.llm_config
     llm = load_with_attention(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    BitsAndBytesConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -36,13 +38,8 @@ def load_llm(
     """
     kwargs: dict = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
     if quantize is not None:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=quantize.quant_type,
-            bnb_4bit_use_double_quant=quantize.double_quant,
-            bnb_4bit_compute_dtype=dtype,
+        kwargs["quantization_config"] = bitsandbytes_config(
+            "4bit", dtype, quant_type=quantize.quant_type, double_quant=quantize.double_quant
         )
         if not torch.cuda.is_available():
             kwargs["device_map"] = {"": "cpu"}
@@ -54,6 +51,42 @@ def load_llm(
     if quantize is not None:
         disable_cpu_repacking(llm)
     return llm
+
+
+def bitsandbytes_config(
+    mode: Literal["4bit", "8bit"],
+    compute_dtype: torch.dtype,
+    *,
+    quant_type: Literal["nf4", "fp4"] = "nf4",
+    double_quant: bool = True,
+    skip_modules: list[str] | None = None,
+) -> BitsAndBytesConfig:
+    """The bitsandbytes settings every quantised LLM in mllm loads with (QLoRA training,
+    4/8-bit inference of mllm checkpoints and of LLaVA / transformers Llava folders).
+
+    Args:
+        mode: ``"4bit"`` (``quant_type`` with its scales quantised too when ``double_quant``,
+            matmuls in ``compute_dtype``) or ``"8bit"`` (LLM.int8).
+        compute_dtype: the dtype 4-bit layers compute in (the model's dtype).
+        quant_type: 4-bit only: ``nf4`` or ``fp4``.
+        double_quant: 4-bit only: quantise the quantisation scales as well.
+        skip_modules: modules left unquantised (names or name prefixes, e.g. the vision tower
+            of a transformers Llava); ``None`` leaves transformers' default (the output head).
+
+    Raises:
+        ValueError: ``mode`` is neither ``4bit`` nor ``8bit``.
+    """
+    if mode == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=skip_modules,
+        )
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
+    raise ValueError(f"bitsandbytes mode {mode!r}; choose 4bit or 8bit")
 
 
 def disable_cpu_repacking(model: torch.nn.Module) -> int:

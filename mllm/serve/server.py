@@ -21,19 +21,19 @@ import logging
 import os
 import sys
 import threading
-import warnings
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mllm.data.templates import ConversationError
 from mllm.inference.generate import complete, stream
-from mllm.inference.loading import LoadedModel, load_model
-from mllm.inference.quantize import QUANTIZE_MODES, QuantizationUnavailableError
-from mllm.models.builder import DTYPES
+from mllm.inference.loading import (
+    LoadedModel,
+    ModelLoadError,
+    add_model_arguments,
+    load_model_from_args,
+)
 from mllm.serve import openai_api as api
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mllm serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help="an mllm checkpoint or a LLaVA folder")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", help="id clients pass as model (default: recipe name)")
@@ -267,9 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-key", default=os.environ.get("MLLM_API_KEY"), help="require this bearer key"
     )
-    parser.add_argument("--quantize", choices=QUANTIZE_MODES, help="LLM in 4/8 bits")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 
 
@@ -280,13 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(
             2, f"mllm serve: --allow-local-images {args.allow_local_images}: no such folder\n"
         )
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     try:
-        loaded = load_model(
-            args.model, dtype=DTYPES[args.dtype], device=args.device, quantize=args.quantize
-        )
-    except (ValueError, OSError, QuantizationUnavailableError) as exc:
-        parser.exit(2, f"mllm serve: cannot load --model {args.model}: {exc}\n")
+        loaded = load_model_from_args(args)
+    except ModelLoadError as exc:
+        parser.exit(2, f"mllm serve: {exc}\n")
     limits = api.ServerLimits(
         max_new_tokens=args.max_new_tokens,
         max_image_pixels=args.max_image_pixels,

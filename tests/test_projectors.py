@@ -12,6 +12,7 @@ from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormer
 from mllm.config import RecipeError, load_recipe, validate_recipe
 from mllm.config.schema import TrainConfig
 from mllm.models import build_model
+from mllm.models.projectors.positions import sincos_2d
 from mllm.models.projectors.qformer import QFormerProjector
 from mllm.models.projectors.qformer_weights import (
     load_qformer_state_dict,
@@ -30,6 +31,8 @@ CASES = [
     ("qformer", {**QFORMER, "num_queries": 5, "cross_attention_every": 2, "dropout": 0.0}, 5),
     ("abstractor", {**QFORMER, "num_queries": 6}, 6),
     ("abstractor", {**QFORMER, "hidden_size": VISION_DIM, "append_eos": True}, 65),
+    ("qformer", {**QFORMER, "num_queries": 5, "feature_position": "sincos_2d"}, 5),
+    ("abstractor", {**QFORMER, "num_queries": 6, "feature_position": "sincos_2d"}, 6),
     ("c_abstractor", {"num_queries": 4, "hidden_size": 8, "depth": 1}, 4),
     ("ldp", {"grid": 2}, 4),
 ]
@@ -71,6 +74,42 @@ def test_deterministic(name, options, tokens):
     torch.testing.assert_close(a(features), b(features), rtol=0, atol=0)
     # Each image is projected on its own: batching does not mix images.
     torch.testing.assert_close(a(features)[1:], a(features[1:]))
+
+
+def trained_looking(projector: torch.nn.Module) -> torch.nn.Module:
+    """Weights of a trained scale: BERT's 0.02 init leaves cross-attention a ~1e-4 effect."""
+    with torch.no_grad():
+        for parameter in projector.parameters():
+            parameter.normal_(0, 0.3, generator=torch.Generator().manual_seed(parameter.numel()))
+    return projector.eval()
+
+
+@pytest.mark.parametrize("name", ["qformer", "abstractor"])
+def test_queries_see_where_patches_are_only_with_position_embeddings(name):
+    """Without positions, queries read the patches as a set: shuffling them changes nothing,
+    so where a shape sits cannot reach the LLM. With sin-cos positions it does."""
+    features = torch.randn(2, PATCHES, VISION_DIM)
+    shuffled = features[:, torch.randperm(PATCHES, generator=torch.Generator().manual_seed(0))]
+    options = {**QFORMER, "num_queries": 4, "dropout": 0.0}
+    as_set = trained_looking(make_projector(name, options))
+    torch.testing.assert_close(as_set(features), as_set(shuffled), rtol=1e-5, atol=1e-5)
+    placed = trained_looking(make_projector(name, {**options, "feature_position": "sincos_2d"}))
+    assert (placed(features) - placed(shuffled)).abs().max() > 1e-2
+    assert "feature_position" not in placed.state_dict()  # fixed, rebuilt from the config
+
+
+def test_sincos_2d_rows_columns_and_cls():
+    grid = sincos_2d(16, 8)  # 4x4 patches; channels 0-3 the row, 4-7 the column
+    assert grid.shape == (16, 8)
+    torch.testing.assert_close(grid[0, :4], grid[3, :4])  # same row
+    torch.testing.assert_close(grid[0, 4:], grid[12, 4:])  # same column
+    assert not torch.allclose(grid[0], grid[5])
+    with_cls = sincos_2d(17, 8)
+    assert with_cls[0].abs().sum() == 0 and torch.equal(with_cls[1:], grid)
+    with pytest.raises(ValueError, match="square"):
+        sincos_2d(15, 8)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(16, 6)
 
 
 def test_qformer_cross_attends_every_other_block_like_blip2():

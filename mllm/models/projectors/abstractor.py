@@ -8,6 +8,8 @@ learned end-of-image embedding (``append_eos``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -15,6 +17,7 @@ from torch import nn
 
 from mllm.config.schema import ProjectorConfig
 from mllm.models.projectors.base import Projector
+from mllm.models.projectors.positions import sincos_2d
 from mllm.models.registry import PROJECTORS
 
 
@@ -28,6 +31,12 @@ class AbstractorProjectorConfig(ProjectorConfig):
     intermediate_size: int = Field(default=2816, ge=1, description="SwiGLU inner width")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="attention-probability dropout")
     layer_norm_eps: float = Field(default=1e-6, gt=0)
+    feature_position: Literal["none", "sincos_2d"] = Field(
+        default="none",
+        description="add fixed 2D sin-cos position embeddings to the image features the queries "
+        "read (as mPLUG-Owl2's abstractor); needed when the tower's features carry little "
+        "position (a tower trained from scratch)",
+    )
     append_eos: bool = Field(
         default=False, description="append mPLUG-Owl's learned end-of-image token (one more)"
     )
@@ -102,6 +111,7 @@ class AbstractorProjector(Projector):
         self.feature_proj = nn.Linear(vision_dim, width) if vision_dim != width else nn.Identity()
         self.layers = nn.ModuleList(_AbstractorLayer(config) for _ in range(config.num_layers))
         self.out_proj = nn.Linear(width, llm_dim)
+        self.register_buffer("feature_position", _positions(config, num_patches, width), False)
         self.eos = nn.Parameter(torch.empty(1, 1, llm_dim)) if config.append_eos else None
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.query_tokens, std=0.02)
@@ -114,6 +124,8 @@ class AbstractorProjector(Projector):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = self.feature_proj(features)  # [num_images, num_patches, hidden_size]
+        if self.feature_position is not None:
+            features = features + self.feature_position.to(features.dtype)
         queries = self.query_tokens.expand(features.shape[0], -1, -1)
         for layer in self.layers:
             queries = layer(queries, features)  # [num_images, num_queries, hidden_size]
@@ -121,6 +133,12 @@ class AbstractorProjector(Projector):
         if self.eos is not None:
             out = torch.cat([out, self.eos.expand(out.shape[0], -1, -1)], dim=1)
         return out
+
+
+def _positions(
+    config: AbstractorProjectorConfig, num_patches: int, width: int
+) -> torch.Tensor | None:
+    return sincos_2d(num_patches, width) if config.feature_position == "sincos_2d" else None
 
 
 def _init_weights(module: nn.Module) -> None:

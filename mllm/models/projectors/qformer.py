@@ -8,6 +8,8 @@ from bert-base) and load a BLIP-2 / LAVIS / MiniGPT-4 / transformers Q-Former ch
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -15,6 +17,7 @@ from torch import nn
 
 from mllm.config.schema import ProjectorConfig
 from mllm.models.projectors.base import Projector
+from mllm.models.projectors.positions import sincos_2d
 from mllm.models.projectors.qformer_weights import (
     load_bert_weights,
     load_qformer_state_dict,
@@ -41,6 +44,12 @@ class QFormerProjectorConfig(ProjectorConfig):
     layer_norm_eps: float = Field(default=1e-12, gt=0)
     vision_norm: bool = Field(
         default=True, description="LayerNorm the tower's features first (BLIP-2's ln_vision)"
+    )
+    feature_position: Literal["none", "sincos_2d"] = Field(
+        default="none",
+        description="add fixed 2D sin-cos position embeddings to the image features the queries "
+        "read (as mPLUG-Owl2's abstractor); needed when the tower's features carry little "
+        "position (a tower trained from scratch)",
     )
     init_from: str | None = Field(
         default=None,
@@ -133,8 +142,12 @@ class _QFormerBlock(nn.Module):
 class QFormer(nn.Module):
     """The queries, the norms and the blocks: ``[N, P, vision_dim] -> [N, Q, hidden_size]``."""
 
-    def __init__(self, config: QFormerProjectorConfig, vision_dim: int) -> None:
+    def __init__(self, config: QFormerProjectorConfig, vision_dim: int, num_patches: int) -> None:
         super().__init__()
+        positions = None
+        if config.feature_position == "sincos_2d":
+            positions = sincos_2d(num_patches, vision_dim)
+        self.register_buffer("feature_position", positions, persistent=False)
         self.dropout = config.dropout
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_queries, config.hidden_size))
         self.vision_norm = (
@@ -148,6 +161,8 @@ class QFormer(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = self.vision_norm(features)  # [num_images, num_patches, vision_dim]
+        if self.feature_position is not None:
+            features = features + self.feature_position.to(features.dtype)
         queries = self.query_norm(self.query_tokens.expand(features.shape[0], -1, -1))
         queries = F.dropout(queries, self.dropout if self.training else 0.0, self.training)
         for layer in self.layers:
@@ -169,7 +184,7 @@ class QFormerProjector(Projector):
         self, config: QFormerProjectorConfig, vision_dim: int, llm_dim: int, num_patches: int
     ) -> None:
         super().__init__(config, vision_dim, llm_dim, num_patches)
-        self.qformer = QFormer(config, vision_dim)
+        self.qformer = QFormer(config, vision_dim, num_patches)
         self.out_proj = nn.Linear(config.hidden_size, llm_dim)
         self.apply(_init_bert_style)
         nn.init.normal_(self.qformer.query_tokens, std=0.02)

@@ -1,4 +1,6 @@
-"""Generation: stop strings, streaming equals plain generation, batching, sampling, loading."""
+"""Generation: stop strings, streaming equals plain generation, batching, sampling, loading.
+
+The decoder itself (token ids -> text) is tested in ``test_decoding.py``."""
 
 from __future__ import annotations
 
@@ -20,46 +22,9 @@ from mllm.inference import (
     stream,
 )
 from mllm.inference import loading as loading_module
-from mllm.inference.decoding import StopStringDecoder
+from mllm.inference.generate import _prepare
 from mllm.models.builder import build_model, special_tokens_for
 from mllm.training.checkpoint import CheckpointError
-
-
-def _feed(decoder: StopStringDecoder, ids: list[int]) -> list[str]:
-    deltas = [decoder.add(i) for i in ids]
-    deltas.append(decoder.finish())
-    return deltas
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def test_decoder_cuts_at_a_multi_token_stop_string_and_never_streams_part_of_it(tokenizer):
-    decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ("###",))
-    deltas = _feed(decoder, _ids(tokenizer, "red###blue"))  # "###" is three byte tokens
-    assert decoder.text == "red" and decoder.finish_reason == "stop"
-    assert "".join(deltas) == "red"
-    assert all("#" not in d for d in deltas)
-    assert decoder.num_tokens == 4  # "red" and the three tokens of the stop string
-
-
-def test_decoder_holds_back_half_a_character_and_outer_whitespace(tokenizer):
-    decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ())
-    ids = _ids(tokenizer, "  red é")  # "é" is two byte-fallback tokens
-    deltas = [decoder.add(i) for i in ids]
-    assert "\ufffd" not in "".join(deltas)
-    assert deltas[-1] == " é"
-    assert decoder.add(tokenizer.eos_token_id) == ""
-    assert decoder.text == "red é" and decoder.finish_reason == "stop"
-    assert decoder.add(5) == ""  # a finished row of a batch ignores its padding
-
-
-def test_decoder_reports_length_when_no_stop_came(tokenizer):
-    decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ("</s>",))
-    deltas = _feed(decoder, _ids(tokenizer, "blue circle "))
-    assert decoder.finish_reason == "length" and decoder.text == "blue circle"
-    assert "".join(deltas) == decoder.text
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +113,70 @@ def test_sampling_with_a_seed_repeats_and_streams_the_same(loaded, trained_shape
     assert len(others | {first[0].text}) > 1  # the seed does change the answer
 
 
+def _llm_input_lengths(loaded: LoadedModel, call) -> list[int]:
+    """Positions the LLM's forward receives on each call while ``call()`` runs."""
+    lengths: list[int] = []
+
+    def record(module, args, kwargs) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        lengths.append((embeds if embeds is not None else kwargs["input_ids"]).shape[1])
+
+    handle = loaded.built.model.llm.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        call()
+    finally:
+        handle.remove()
+    return lengths
+
+
 def test_extra_stop_strings_cut_inside_a_token(loaded, trained_shapes):
     question = trained_shapes.held_out[0]
     settings = SamplingSettings(max_new_tokens=8, stop=(question.answer[1:],))
-    (completion,) = complete(loaded, [_colour_request(question)], settings)
+    request = _colour_request(question)
+    completions = []
+    lengths = _llm_input_lengths(
+        loaded, lambda: completions.extend(complete(loaded, [request], settings))
+    )
+    (completion,) = completions
     assert completion.text == question.answer[0] and completion.finish_reason == "stop"
+    assert len(lengths) == completion.completion_tokens == 1  # no forward pass after the stop
+
+
+def test_each_new_token_is_one_forward_position_on_the_kv_cache(untrained, trained_shapes):
+    request = _mixed_requests(trained_shapes)[0]
+    completions = []
+    settings = SamplingSettings(max_new_tokens=8)
+    lengths = _llm_input_lengths(
+        untrained, lambda: completions.extend(complete(untrained, [request], settings))
+    )
+    assert completions[0].completion_tokens == 8
+    assert lengths == [completions[0].prompt_tokens] + [1] * 7
+
+
+def test_answers_are_their_generated_ids_decoded_at_once(untrained, trained_shapes):
+    """Random weights answer in stray byte tokens: runs of them that turn into invalid UTF-8
+    only as later bytes join, which decoding token by token must not get wrong."""
+    model, tokenizer = untrained.built.model, untrained.built.tokenizer
+    requests = _mixed_requests(trained_shapes)
+    settings = SamplingSettings(max_new_tokens=40)
+    prepared = _prepare(untrained, requests, settings)
+    with torch.no_grad():
+        generated = model.llm.generate(
+            inputs_embeds=model.embed(prepared.input_ids, prepared.pixel_values),
+            attention_mask=prepared.attention_mask,
+            max_new_tokens=40,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )  # [batch, new tokens]
+    expected = []
+    for row in generated.tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        text = tokenizer.decode(row, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        expected.append(text.replace(tokenizer.pad_token, "").strip())
+    assert [c.text for c in complete(untrained, requests, settings)] == expected
+    assert any("\ufffd" in answer for answer in expected)  # the case is exercised
 
 
 def test_bad_requests_fail_before_generating(loaded, trained_shapes):

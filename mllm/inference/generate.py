@@ -2,9 +2,10 @@
 
 One code path serves every caller: prompts are left-padded into one batch for transformers'
 ``generate`` (KV cache on), and every generated token goes through a
-:class:`~mllm.inference.decoding.StopStringDecoder` per row. :func:`generate` returns the
-answers; :func:`stream` runs the same loop in a worker thread and yields text deltas as they
-are decoded, so a streamed answer equals the plain one.
+:class:`~mllm.inference.decoding.StopStringDecoder` per row, right after it is chosen (as a
+stopping criterion, so a row ends at the token that completes its stop string). :func:`generate`
+returns the answers; :func:`stream` runs the same loop in a worker thread and yields text
+deltas as they are decoded, so a streamed answer equals the plain one.
 
 CPU-sized example (a trained checkpoint, one image)::
 
@@ -25,8 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from mllm.data.images import prepare_image
 from mllm.data.templates import get_template
@@ -183,47 +183,58 @@ def _stop_strings(loaded: LoadedModel, settings: SamplingSettings) -> tuple[str,
 
 def _stop_token_ids(loaded: LoadedModel, stop_strings: tuple[str, ...]) -> set[int]:
     tokenizer = loaded.built.tokenizer
-    vocab = tokenizer.get_vocab()
-    stops = {tokenizer.eos_token_id, *(vocab[s] for s in stop_strings if s in vocab)}
+    stops = {tokenizer.eos_token_id, *_single_token_ids(tokenizer, stop_strings)}
     return {i for i in stops if i is not None}
 
 
-class _DecoderStreamer(BaseStreamer):
-    """Feeds each generated column of ids to the rows' decoders (``generate``'s streamer hook)."""
+def _single_token_ids(tokenizer: PreTrainedTokenizerBase, texts: tuple[str, ...]) -> list[int]:
+    """The ids of those ``texts`` that are one token of the vocabulary (looked up one by one:
+    ``get_vocab()`` copies the whole vocabulary)."""
+    ids = tokenizer.convert_tokens_to_ids(list(texts))
+    return [
+        i
+        for text, i in zip(texts, ids, strict=True)
+        if i is not None and tokenizer.convert_ids_to_tokens(i) == text
+    ]
+
+
+class _DecodeEachStep(StoppingCriteria):
+    """``generate``'s stopping criterion: feeds each step's new tokens to the rows' decoders,
+    hands their text to ``on_delta``, and ends the rows they finished (every row once the
+    caller cancels). Criteria run right after a token is chosen, before the next forward pass.
+    """
 
     def __init__(
-        self, decoders: list[StopStringDecoder], on_delta: Callable[[TextDelta], None] | None
+        self,
+        decoders: list[StopStringDecoder],
+        on_delta: Callable[[TextDelta], None] | None,
+        cancelled: threading.Event,
+        device: torch.device,
     ) -> None:
         self._decoders = decoders
         self._on_delta = on_delta
+        self._cancelled = cancelled
+        self._done = torch.zeros(len(decoders), dtype=torch.bool, device=device)  # [batch]
 
-    def put(self, value: torch.Tensor) -> None:
-        if value.ndim > 1:  # the prompt's ids, [batch, 0] here (it is given as embeddings)
-            return
-        for index, token_id in enumerate(value.tolist()):  # [batch]: one new token per row
-            self._emit(index, self._decoders[index].add(token_id))
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self._cancelled.is_set():
+            return torch.ones_like(self._done)
+        for index, token_id in enumerate(input_ids[:, -1].tolist()):  # one new token per row
+            decoder = self._decoders[index]
+            if not decoder.done:
+                self._emit(index, decoder.add(token_id))
+                if decoder.done:
+                    self._done[index] = True
+        return self._done
 
-    def end(self) -> None:
+    def finish(self) -> None:
+        """Generation ended: release every row's held-back text."""
         for index, decoder in enumerate(self._decoders):
             self._emit(index, decoder.finish())
 
     def _emit(self, index: int, text: str) -> None:
         if text and self._on_delta is not None:
             self._on_delta(TextDelta(index, text))
-
-
-class _StopWhenDone(StoppingCriteria):
-    """Ends rows whose decoder saw a stop string, and every row once the caller cancels."""
-
-    def __init__(self, decoders: list[StopStringDecoder], cancelled: threading.Event) -> None:
-        self._decoders = decoders
-        self._cancelled = cancelled
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        if self._cancelled.is_set():
-            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        done = [decoder.done for decoder in self._decoders]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
@@ -247,12 +258,9 @@ def _run(
         if settings.temperature > 0
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     )
-    vocab = tokenizer.get_vocab()
-    # Stop strings that are not one token ("###", "\n" in some vocabularies) end rows inside
-    # generate too; the decoders cut the text at them either way.
-    multi_token_stops = [s for s in stop_strings if s not in vocab]
-    if multi_token_stops:
-        sampling.update(stop_strings=multi_token_stops, tokenizer=tokenizer)
+    # The decoders end rows at stop strings too, in the step that completes one, so generate
+    # needs no stop_strings of its own.
+    decode = _DecodeEachStep(decoders, on_delta, cancelled, inputs_embeds.device)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     model.llm.generate(
@@ -262,10 +270,10 @@ def _run(
         eos_token_id=sorted(stop_ids),
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
-        streamer=_DecoderStreamer(decoders, on_delta),
-        stopping_criteria=StoppingCriteriaList([_StopWhenDone(decoders, cancelled)]),
+        stopping_criteria=StoppingCriteriaList([decode]),
         **sampling,
     )
+    decode.finish()
     return [
         Completion(d.text, d.finish_reason or "length", length, d.num_tokens)
         for d, length in zip(decoders, prepared.prompt_lengths, strict=True)

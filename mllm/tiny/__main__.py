@@ -1,0 +1,5 @@
+"""``python -m mllm.tiny OUT_DIR``: the same as ``mllm make-tiny``."""
+
+from mllm.tiny import main
+
+raise SystemExit(main())

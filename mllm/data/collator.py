@@ -22,6 +22,37 @@ from mllm.data.dataset import BadRecord
 from mllm.data.tokenize import IGNORE_INDEX
 
 
+def separate_bad_records(
+    samples: Sequence[Mapping[str, torch.Tensor | None] | BadRecord],
+) -> tuple[list[Mapping[str, torch.Tensor | None]], list[BadRecord]]:
+    """The batch's loadable samples and the :class:`BadRecord` s to count as skipped."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    good = [sample for sample in samples if not isinstance(sample, BadRecord)]
+    return good, [sample for sample in samples if isinstance(sample, BadRecord)]
+
+
+def check_sample(index: int, sample: Mapping[str, torch.Tensor | None]) -> int:
+    """The sample's length, after checking its ids and labels are equal 1-D shapes."""
+    ids, labels = sample["input_ids"], sample["labels"]
+    if ids.shape != labels.shape or ids.ndim != 1:
+        raise ValueError(
+            f"sample {index}: input_ids {tuple(ids.shape)} and labels "
+            f"{tuple(labels.shape)} must be equal 1-D shapes"
+        )
+    return len(ids)
+
+
+def concat_images(images: list[torch.Tensor]) -> torch.Tensor | None:
+    """``[n_i, 3, H, W]`` per sample -> ``[num_images, 3, H, W]``, or None without images."""
+    if not images:
+        return None
+    shapes = {tuple(image.shape[1:]) for image in images}
+    if len(shapes) != 1:
+        raise ValueError(f"images in one batch must share a size, got {sorted(shapes)}")
+    return torch.cat(images)
+
+
 class DataCollator:
     """Batch ``ConversationDataset`` samples, padding to the longest one.
 
@@ -60,15 +91,11 @@ class DataCollator:
         Raises:
             ValueError: for an empty batch, mismatched ids/labels, or images of different sizes.
         """
-        if not samples:
-            raise ValueError("cannot collate an empty batch")
-        skipped = [sample for sample in samples if isinstance(sample, BadRecord)]
+        good, skipped = separate_bad_records(samples)
+        batch = self._collate(good)
         if skipped:
-            samples = [sample for sample in samples if not isinstance(sample, BadRecord)]
-            batch = self._collate(samples)
             batch["skipped"] = skipped
-            return batch
-        return self._collate(samples)
+        return batch
 
     def _collate(self, samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
         if not samples:
@@ -86,31 +113,19 @@ class DataCollator:
         attention_mask = torch.zeros((batch_size, longest), dtype=torch.long)
         images: list[torch.Tensor] = []
         for row, sample in enumerate(samples):
-            ids, sample_labels = sample["input_ids"], sample["labels"]
-            if ids.shape != sample_labels.shape or ids.ndim != 1:
-                raise ValueError(
-                    f"sample {row}: input_ids {tuple(ids.shape)} and labels "
-                    f"{tuple(sample_labels.shape)} must be equal 1-D shapes"
-                )
-            length = len(ids)
+            length = check_sample(row, sample)
             span = (
                 slice(0, length) if self.padding_side == "right" else slice(longest - length, None)
             )
-            input_ids[row, span] = ids
-            labels[row, span] = sample_labels
+            input_ids[row, span] = sample["input_ids"]
+            labels[row, span] = sample["labels"]
             attention_mask[row, span] = 1
             pixel_values = sample.get("pixel_values")
             if pixel_values is not None:
                 images.append(pixel_values)  # [n_i, 3, H, W]
-        pixel_values = None
-        if images:
-            shapes = {tuple(image.shape[1:]) for image in images}
-            if len(shapes) != 1:
-                raise ValueError(f"images in one batch must share a size, got {sorted(shapes)}")
-            pixel_values = torch.cat(images)  # [num_images, 3, H, W]
         return {
             "input_ids": input_ids,  # [B, T]
             "attention_mask": attention_mask,  # [B, T]
             "labels": labels,  # [B, T]
-            "pixel_values": pixel_values,
+            "pixel_values": concat_images(images),  # [num_images, 3, H, W] or None
         }

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from mllm.data.collator import check_sample, concat_images, separate_bad_records
 from mllm.data.dataset import BadRecord
 from mllm.data.tokenize import IGNORE_INDEX
 
@@ -214,25 +215,14 @@ class PackingCollator:
             ValueError: for an empty batch, mismatched ids/labels, a sample longer than
                 ``max_length``, or images of different sizes.
         """
-        if not samples:
-            raise ValueError("cannot collate an empty batch")
-        skipped = [sample for sample in samples if isinstance(sample, BadRecord)]
-        good = [sample for sample in samples if not isinstance(sample, BadRecord)]
+        good, skipped = separate_bad_records(samples)
         batch = self._pack(good)
         if skipped:
             batch["skipped"] = skipped
         return batch
 
     def _pack(self, samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
-        lengths = []
-        for index, sample in enumerate(samples):
-            ids, labels = sample["input_ids"], sample["labels"]
-            if ids.shape != labels.shape or ids.ndim != 1:
-                raise ValueError(
-                    f"sample {index}: input_ids {tuple(ids.shape)} and labels "
-                    f"{tuple(labels.shape)} must be equal 1-D shapes"
-                )
-            lengths.append(len(ids))
+        lengths = [check_sample(index, sample) for index, sample in enumerate(samples)]
         rows = plan_rows(lengths, self.max_length)
         width = max((sum(lengths[i] for i in row) for row in rows), default=0)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -252,16 +242,10 @@ class PackingCollator:
                     images.append(sample["pixel_values"])  # [n_i, 3, H, W]
                 start += length
             position_ids[row, start:] = torch.arange(width - start)  # padding: its own run
-        pixel_values = None
-        if images:
-            shapes = {tuple(image.shape[1:]) for image in images}
-            if len(shapes) != 1:
-                raise ValueError(f"images in one batch must share a size, got {sorted(shapes)}")
-            pixel_values = torch.cat(images)  # [num_images, 3, H, W]
         return {
             "input_ids": input_ids,  # [R, W]
             "labels": labels,  # [R, W]
             "position_ids": position_ids,  # [R, W]
-            "pixel_values": pixel_values,
+            "pixel_values": concat_images(images),  # [num_images, 3, H, W] or None
             "num_tokens": torch.tensor(sum(lengths)),
         }

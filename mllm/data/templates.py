@@ -364,6 +364,7 @@ MINIGPT4 = _register(
     )
 )
 
+
 def get_template(name: str) -> Template:
     """The template registered as ``name``.
 

@@ -44,11 +44,8 @@ from mllm.data.images import (
     IMAGE_MODES,
     ImageLoadError,
     ImageMode,
-    ImagePathError,
-    ImageTooLargeError,
-    load_image,
-    prepare_image,
-    resolve_image_path,
+    image_error_kind,
+    load_sample_image,
 )
 from mllm.data.records import DataError, RecordOrigin, read_records, record_images
 from mllm.data.templates import DEFAULT_IMAGE_TOKEN, Template
@@ -351,7 +348,7 @@ class ConversationDataset(Dataset):
                 images = [self._load(path) for path in checked.images]
             except ImageLoadError as err:
                 bad = BadRecord(
-                    self._where(record_index), _image_kind(err), f"field 'image': {err}"
+                    self._where(record_index), image_error_kind(err), f"field 'image': {err}"
                 )
                 if self.on_bad_record == "fail":
                     raise DataError(f"{bad.where}, {bad.reason}") from None
@@ -376,20 +373,10 @@ class ConversationDataset(Dataset):
 
     def _load(self, path: str) -> torch.Tensor:
         """One image as ``[3, H, W]``; raises ImageLoadError (path, size, decoding)."""
-        full_path = resolve_image_path(self.image_folder, path)
-        image = load_image(full_path, max_pixels=self.max_image_pixels)
-        side = max(image.size)
-        if (
-            self.image_mode == "pad"
-            and self.max_image_pixels
-            and side * side > self.max_image_pixels
-        ):
-            raise ImageTooLargeError(
-                f"image {str(full_path)!r} is {image.width}x{image.height}; padded to a square it "
-                f"would be {side * side} pixels, over the limit of {self.max_image_pixels}"
-            )
         assert self.image_processor is not None  # checked at construction
-        return prepare_image(image, self.image_processor, self.image_mode)  # [3, H, W]
+        return load_sample_image(
+            self.image_folder, path, self.image_processor, self.image_mode, self.max_image_pixels
+        )
 
     def _where(self, record_index: int) -> str:
         """``file: record N (id X)`` for messages."""
@@ -401,14 +388,3 @@ class ConversationDataset(Dataset):
         record = self.records[record_index]
         record_id = record.get("id") if isinstance(record, Mapping) else None
         return f"{file}: record {index} (id {record_id!r})"
-
-
-def _image_kind(err: ImageLoadError) -> str:
-    """The summary kind of an image that failed to load."""
-    if isinstance(err, ImagePathError):
-        return "image_path_unsafe"
-    if isinstance(err, ImageTooLargeError):
-        return "image_too_large"
-    if isinstance(err.__cause__, FileNotFoundError):
-        return "image_missing"
-    return "image_unreadable"

@@ -257,3 +257,40 @@ def prepare_image(
             f"{tuple(pixel_values.shape)}, expected [1, 3, H, W]"
         )
     return pixel_values[0]
+
+
+def load_sample_image(
+    folder: str | os.PathLike[str] | None,
+    path: str,
+    processor: BaseImageProcessor,
+    mode: ImageMode,
+    max_pixels: int | None,
+) -> torch.Tensor:
+    """A training sample's image, resolved inside ``folder``, checked and prepared: ``[3, H, W]``.
+
+    Under ``pad`` the limit applies to the padded square too, since that is what gets resized.
+
+    Raises:
+        ImageLoadError: an unsafe or missing path, an image over the limit, or one that does
+            not decode.
+    """
+    full_path = resolve_image_path(folder, path)
+    image = load_image(full_path, max_pixels=max_pixels)
+    side = max(image.size)
+    if mode == "pad" and max_pixels and side * side > max_pixels:
+        raise ImageTooLargeError(
+            f"image {str(full_path)!r} is {image.width}x{image.height}; padded to a square it "
+            f"would be {side * side} pixels, over the limit of {max_pixels}"
+        )
+    return prepare_image(image, processor, mode)  # [3, H, W]
+
+
+def image_error_kind(err: ImageLoadError) -> str:
+    """The summary kind (as counted in logs and reports) of an image that failed to load."""
+    if isinstance(err, ImagePathError):
+        return "image_path_unsafe"
+    if isinstance(err, ImageTooLargeError):
+        return "image_too_large"
+    if isinstance(err.__cause__, FileNotFoundError):
+        return "image_missing"
+    return "image_unreadable"

@@ -79,6 +79,12 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv) or 0
 
 
+def _cache_features(argv: list[str]) -> int:
+    from mllm.cache_features import main as cache_main
+
+    return cache_main(argv) or 0
+
+
 def _convert_llava(argv: list[str]) -> int:
     from mllm.interop.llava import main as convert_main
 
@@ -96,6 +102,10 @@ DELEGATED = {
     "serve": (_serve, "serve a checkpoint over an OpenAI-compatible HTTP API"),
     "export": (_export, "export a checkpoint to another layout (hf-llava)"),
     "bench": (_bench, "training and generation speed against transformers' Llava"),
+    "cache-features": (
+        _cache_features,
+        "precompute a stage's frozen vision-tower features (data.feature_cache)",
+    ),
     "convert-llava": (_convert_llava, "convert an original LLaVA checkpoint to safetensors"),
 }
 

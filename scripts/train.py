@@ -21,6 +21,7 @@ from mllm.training.deepspeed_config import build_deepspeed_config
 from mllm.training.distributed import init_distributed
 from mllm.training.interrupt import TrainingInterrupted
 from mllm.training.setup import (
+    attach_feature_cache,
     completed_output,
     enable_gradient_checkpointing,
     load_start_point,
@@ -71,6 +72,9 @@ def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
     if stage.gradient_checkpointing:
         enable_gradient_checkpointing(built.model)
     dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
+    attach_feature_cache(
+        dataset, stage.data, built.model, f"stages.{stage_name}.data.feature_cache"
+    )
     trainer = Trainer(
         recipe=recipe,
         stage_name=stage_name,

@@ -1,24 +1,32 @@
 """Our side of the benchmark: one stage trained through the calls ``scripts/train.py`` makes.
 
-Build the model, apply the stage, build the dataset and collator, run ``Trainer.train`` with a
-:class:`~mllm.training.timing.StepTimer` attached: the same code as a real run, minus the
-final checkpoint.
+Build the model, apply the stage, build the dataset (reading a ``data.feature_cache``) and
+collator, run ``Trainer.train`` with a :class:`~mllm.training.timing.StepTimer` attached: the
+same code as a real run, minus the final checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from contextlib import redirect_stderr
+from pathlib import Path
 
 from mllm.bench.measure import PeakMemory, TrainRun
 from mllm.config import RecipeConfig
 from mllm.data.builder import build_collator, build_dataset
+from mllm.data.feature_cache import FeatureCache
 from mllm.models.builder import DTYPES, BuiltModel, build_model, special_tokens_for, stage_template
 from mllm.models.lora import lora_settings
 from mllm.training.deepspeed_config import build_deepspeed_config
 from mllm.training.distributed import init_distributed
 from mllm.training.metrics import read_metrics
-from mllm.training.setup import enable_gradient_checkpointing, seed_everything
+from mllm.training.setup import (
+    attach_feature_cache,
+    enable_gradient_checkpointing,
+    seed_everything,
+)
 from mllm.training.stage import apply_stage
 from mllm.training.timing import StepTimer
 from mllm.training.trainer import Trainer
@@ -45,6 +53,27 @@ def build_for_stage(recipe: RecipeConfig, stage_name: str) -> BuiltModel:
     return built
 
 
+def rebuild_feature_cache(recipe: RecipeConfig, stage_name: str) -> tuple[FeatureCache, float]:
+    """Build the stage's ``data.feature_cache`` from scratch (an existing folder is removed:
+    it must be the benchmark's own scratch folder).
+
+    Returns:
+        The cache and the seconds its build took (weights digest included).
+    """
+    stage = recipe.stages[stage_name]
+    assert stage.data.feature_cache is not None
+    shutil.rmtree(Path(stage.data.feature_cache), ignore_errors=True)
+    built = build_for_stage(recipe, stage_name)
+    dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
+    started = time.perf_counter()
+    with open(os.devnull, "w") as quiet, redirect_stderr(quiet):  # the build's progress bar
+        cache = attach_feature_cache(
+            dataset, stage.data, built.model, f"stages.{stage_name}.data.feature_cache"
+        )
+    assert cache is not None
+    return cache, time.perf_counter() - started
+
+
 def train_ours(
     recipe: RecipeConfig, stage_name: str, name: str, *, warmup: int, sync: bool = False
 ) -> TrainRun:
@@ -65,6 +94,9 @@ def train_ours(
     ds_config = build_deepspeed_config(stage, runtime.world_size, f"stages.{stage_name}")
     built = build_for_stage(recipe, stage_name)
     dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
+    attach_feature_cache(
+        dataset, stage.data, built.model, f"stages.{stage_name}.data.feature_cache"
+    )
     timer = StepTimer(sync=sync)
     hooks = timer.watch(built.model.vision, "vision")
     trainer = Trainer(

@@ -78,6 +78,15 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                     "ids, which remote-code models may ignore; turn it off for this LLM",
                 )
             )
+        if stage.data.feature_cache is not None and stage.train.vision != "frozen":
+            problems.append(
+                (
+                    f"{key}.data.feature_cache",
+                    f"set, but the vision tower trains in this stage (train.vision: "
+                    f"{stage.train.vision}), so cached features would be stale after the first "
+                    "step; freeze the tower or remove feature_cache",
+                )
+            )
         problems.extend(_check_adapters(recipe, name, index))
         if stage.zero_config is not None and check_files:
             problems.extend(_check_zero_config(f"{key}.zero_config", Path(stage.zero_config)))

@@ -59,7 +59,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in update.items():
         old = merged.get(key)
-        other_component = isinstance(old, dict) and "name" in value if isinstance(value, dict) else False
+        other_component = (
+            isinstance(old, dict) and "name" in value if isinstance(value, dict) else False
+        )
         if other_component and value["name"] != old.get("name"):
             merged[key] = copy.deepcopy(value)
         elif isinstance(value, dict) and isinstance(old, dict):
@@ -186,6 +188,8 @@ def anchor_paths(recipe: RecipeConfig) -> RecipeConfig:
             stage.data.image_folder = _anchor(stage.data.image_folder)
         if stage.zero_config:
             stage.zero_config = _anchor(stage.zero_config)
+        if stage.data.feature_cache:  # like output_dir: may not exist yet
+            stage.data.feature_cache = str(Path(stage.data.feature_cache).resolve())
         if stage.init_from and not stage.init_from.startswith("stage:"):
             stage.init_from = _anchor(stage.init_from)
     return recipe

@@ -108,6 +108,12 @@ class DataConfig(StrictModel):
         description="modality_length: micro-steps of one modality (image / text-only) and "
         "similar lengths (LLaVA's group_by_modality_length)",
     )
+    feature_cache: str | None = Field(
+        default=None,
+        description="folder of the frozen vision tower's features per image "
+        "(mllm.data.feature_cache): built on first use (or by `mllm cache-features`), then "
+        "read instead of running the tower; only for stages whose tower is frozen",
+    )
     on_bad_record: Literal["fail", "skip"] = Field(
         default="fail",
         description="fail: a malformed record, an untrainable over-long one or an unloadable "

@@ -2,7 +2,8 @@
 
 The model scatters image features onto placeholder positions in row-major order of the
 flattened batch, so ``pixel_values`` concatenates each sample's images in sample order: that
-is the order of the placeholder blocks for right and left padding alike.
+is the order of the placeholder blocks for right and left padding alike. Samples read from a
+feature cache carry ``image_features`` instead, concatenated the same way.
 
 Samples that could not be loaded under ``on_bad_record: skip`` arrive as
 :class:`~mllm.data.dataset.BadRecord`; they are dropped from the batch (never replaced by
@@ -44,13 +45,30 @@ def check_sample(index: int, sample: Mapping[str, torch.Tensor | None]) -> int:
 
 
 def concat_images(images: list[torch.Tensor]) -> torch.Tensor | None:
-    """``[n_i, 3, H, W]`` per sample -> ``[num_images, 3, H, W]``, or None without images."""
+    """``[n_i, ...]`` per sample -> ``[num_images, ...]`` (pixels or cached features), or None
+    without images."""
     if not images:
         return None
     shapes = {tuple(image.shape[1:]) for image in images}
     if len(shapes) != 1:
         raise ValueError(f"images in one batch must share a size, got {sorted(shapes)}")
     return torch.cat(images)
+
+
+def image_inputs(samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
+    """The images of ``samples``, concatenated in the given order.
+
+    Returns:
+        ``pixel_values`` [num_images, 3, H, W] or None; when the samples carry cached features
+        (``mllm.data.feature_cache``), also ``image_features`` [num_images, P, D], which is
+        [0, P, D] for text-only samples alone (so the model knows not to run the tower).
+    """
+    pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
+    batch = {"pixel_values": concat_images(pixels)}
+    features = [s["image_features"] for s in samples if s.get("image_features") is not None]
+    if features:
+        batch["image_features"] = concat_images(features)
+    return batch
 
 
 class DataCollator:
@@ -80,13 +98,16 @@ class DataCollator:
         """
         Args:
             samples: dicts with ``input_ids`` [T_i], ``labels`` [T_i] and ``pixel_values``
-                [n_i, 3, H, W] or ``None``; or :class:`BadRecord` for samples skipped at load.
+                [n_i, 3, H, W] or ``None`` (or cached ``image_features`` [n_i, P, D]); or
+                :class:`BadRecord` for samples skipped at load.
 
         Returns:
             ``input_ids`` [B, T] (pad id on padding), ``attention_mask`` [B, T] (1 on tokens),
             ``labels`` [B, T] (-100 on padding), ``pixel_values`` [sum n_i, 3, H, W] in sample
-            order, or ``None`` when no sample has an image; ``B`` counts the good samples only.
-            When samples were dropped, also ``skipped``: their :class:`BadRecord` s.
+            order, or ``None`` when no sample has an image (and ``image_features``
+            [sum n_i, P, D] when the samples carry them, see :func:`image_inputs`); ``B``
+            counts the good samples only. When samples were dropped, also ``skipped``: their
+            :class:`BadRecord` s.
 
         Raises:
             ValueError: for an empty batch, mismatched ids/labels, or images of different sizes.
@@ -111,7 +132,6 @@ class DataCollator:
         input_ids = torch.full((batch_size, longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((batch_size, longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((batch_size, longest), dtype=torch.long)
-        images: list[torch.Tensor] = []
         for row, sample in enumerate(samples):
             length = check_sample(row, sample)
             span = (
@@ -120,12 +140,9 @@ class DataCollator:
             input_ids[row, span] = sample["input_ids"]
             labels[row, span] = sample["labels"]
             attention_mask[row, span] = 1
-            pixel_values = sample.get("pixel_values")
-            if pixel_values is not None:
-                images.append(pixel_values)  # [n_i, 3, H, W]
         return {
             "input_ids": input_ids,  # [B, T]
             "attention_mask": attention_mask,  # [B, T]
             "labels": labels,  # [B, T]
-            "pixel_values": concat_images(images),  # [num_images, 3, H, W] or None
+            **image_inputs(samples),  # pixel_values [num_images, 3, H, W] or None, ...
         }

@@ -22,9 +22,9 @@ instead (headers only, in parallel), so a ``fail`` run stops before its first st
 
 The construction pass reads no images; it cost ~0.7 ms per record of ~200 text tokens on 2
 busy CPU cores (~8 min for LLaVA-665k), and its tokenizer calls are batched, so the Rust side
-uses every core. It also
-gives exact ``lengths`` for length-grouped sampling. ``__getitem__`` tokenizes again (same
-deterministic result) and loads the images, so memory stays at the size of the records.
+uses every core. It also gives exact ``lengths`` for length-grouped sampling. ``__getitem__``
+tokenizes again (same deterministic result) and loads the images (or reads their features from
+a ``feature_cache``), so memory stays at the size of the records.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # annotations only: keeps `import mllm.data` from loading tra
     from transformers import PreTrainedTokenizerBase
     from transformers.image_processing_utils import BaseImageProcessor
 
+    from mllm.data.feature_cache import FeatureCache
     from mllm.data.preflight.image_check import ImageResult
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class ConversationDataset(Dataset):
         has_image: per sample, whether it has at least one image.
         dropped: a :class:`BadRecord` for every record skipped at construction (``skip``).
         truncated: how many kept samples are cut at the tail to ``max_length``.
+        feature_cache: when set (``attach_feature_cache``), samples carry the frozen tower's
+            ``image_features`` [num_images, P, D] ([0, P, D] text-only) from it instead of
+            ``pixel_values``.
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class ConversationDataset(Dataset):
         self.on_bad_record: BadRecordPolicy = on_bad_record
         self.max_image_pixels = max_image_pixels
         self._origins = origins
+        self.feature_cache: FeatureCache | None = None
 
         self._kept: list[int] = []
         self.lengths: list[int] = []
@@ -264,6 +269,11 @@ class ConversationDataset(Dataset):
         self._log_skipped(found)
         return len(found)
 
+    def image_paths(self) -> list[str]:
+        """The kept samples' image paths (as in the records), each once, in order of use."""
+        images = (record_images(self.records[i]) for i in self._kept)
+        return list(dict.fromkeys(path for paths in images for path in paths))
+
     def _bad_image(self, position: int, path: str, result: ImageResult) -> BadRecord:
         where = self._where(self._kept[position])
         assert result.kind is not None
@@ -326,8 +336,9 @@ class ConversationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | None] | BadRecord:
         """Returns ``input_ids`` [T], ``labels`` [T] (long) and ``pixel_values``
-        [num_images, 3, H, W] (float) or ``None`` for a text-only sample; under ``skip``, a
-        :class:`BadRecord` if an image cannot be loaded.
+        [num_images, 3, H, W] (float) or ``None`` for a text-only sample (with a
+        ``feature_cache``: ``image_features`` instead); under ``skip``, a :class:`BadRecord`
+        if an image cannot be loaded.
 
         Raises:
             DataError: under ``fail``, if an image cannot be loaded (naming the file, record
@@ -342,22 +353,23 @@ class ConversationDataset(Dataset):
         (sample,) = self._tokenize_rendered([checked.rendered])
         if not isinstance(sample, TokenizedSample):  # tokenization is deterministic
             raise RuntimeError(f"{self._where(record_index)} kept at construction but now dropped")
-        pixel_values = None
-        if checked.images:
-            try:
-                images = [self._load(path) for path in checked.images]
-            except ImageLoadError as err:
-                bad = BadRecord(
-                    self._where(record_index), image_error_kind(err), f"field 'image': {err}"
-                )
-                if self.on_bad_record == "fail":
-                    raise DataError(f"{bad.where}, {bad.reason}") from None
-                return bad
-            pixel_values = torch.stack(images)
+        images: dict[str, torch.Tensor | None] = {"pixel_values": None}
+        try:
+            if self.feature_cache is not None:
+                images = {"image_features": self.feature_cache.features(checked.images)}
+            elif checked.images:
+                images["pixel_values"] = torch.stack([self._load(p) for p in checked.images])
+        except ImageLoadError as err:
+            bad = BadRecord(
+                self._where(record_index), image_error_kind(err), f"field 'image': {err}"
+            )
+            if self.on_bad_record == "fail":
+                raise DataError(f"{bad.where}, {bad.reason}") from None
+            return bad
         return {
             "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),  # [T]
             "labels": torch.tensor(sample.labels, dtype=torch.long),  # [T]
-            "pixel_values": pixel_values,  # [num_images, 3, H, W] or None
+            **images,  # pixel_values [num_images, 3, H, W] or None; or image_features
         }
 
     def _tokenize_rendered(

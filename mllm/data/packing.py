@@ -17,7 +17,7 @@ predicted from the previous sample's last token. The micro-batch holds the same 
 either way, so sampling, gradient accumulation and resuming are untouched.
 
 Images: the model scatters image features in row-major order of the batch, so
-``pixel_values`` lists each sample's images in packed order.
+``pixel_values`` (or cached ``image_features``) lists each sample's images in packed order.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mllm.data.collator import check_sample, concat_images, separate_bad_records
+from mllm.data.collator import check_sample, image_inputs, separate_bad_records
 from mllm.data.dataset import BadRecord
 from mllm.data.tokenize import IGNORE_INDEX
 
@@ -201,15 +201,17 @@ class PackingCollator:
         """
         Args:
             samples: dicts with ``input_ids`` [T_i], ``labels`` [T_i] and ``pixel_values``
-                [n_i, 3, H, W] or ``None``; or :class:`BadRecord` for samples skipped at load.
+                [n_i, 3, H, W] or ``None`` (or cached ``image_features`` [n_i, P, D]); or
+                :class:`BadRecord` for samples skipped at load.
 
         Returns:
             ``input_ids`` [R, W] (pad id on padding), ``labels`` [R, W] (-100 on padding and
             on each sample's first token), ``position_ids`` [R, W] (restarting at 0 for
             every sample and for the padding run), ``pixel_values`` [sum n_i, 3, H, W] in
-            packed order or ``None``, and ``num_tokens``: the sample tokens in the batch (a
-            0-d long tensor; not a model input). ``R`` is 0 when every sample was dropped.
-            When samples were dropped, also ``skipped``.
+            packed order or ``None`` (and ``image_features`` when the samples carry them, see
+            :func:`~mllm.data.collator.image_inputs`), and ``num_tokens``: the sample tokens
+            in the batch (a 0-d long tensor; not a model input). ``R`` is 0 when every sample
+            was dropped. When samples were dropped, also ``skipped``.
 
         Raises:
             ValueError: for an empty batch, mismatched ids/labels, a sample longer than
@@ -228,7 +230,6 @@ class PackingCollator:
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        images: list[torch.Tensor] = []
         for row, members in enumerate(rows):
             start = 0
             for index in members:
@@ -238,14 +239,13 @@ class PackingCollator:
                 labels[row, span] = sample["labels"]
                 labels[row, start] = IGNORE_INDEX  # never predicted from the previous sample
                 position_ids[row, span] = torch.arange(length)
-                if sample.get("pixel_values") is not None:
-                    images.append(sample["pixel_values"])  # [n_i, 3, H, W]
                 start += length
             position_ids[row, start:] = torch.arange(width - start)  # padding: its own run
         return {
             "input_ids": input_ids,  # [R, W]
             "labels": labels,  # [R, W]
             "position_ids": position_ids,  # [R, W]
-            "pixel_values": concat_images(images),  # [num_images, 3, H, W] or None
+            # pixel_values [num_images, 3, H, W] or None (or cached image_features), packed order
+            **image_inputs([samples[index] for members in rows for index in members]),
             "num_tokens": torch.tensor(sum(lengths)),
         }

@@ -52,36 +52,61 @@ class MultimodalModel(nn.Module):
         tower_dtype = next(self.vision.parameters()).dtype
         with torch.set_grad_enabled(tower_grad):
             features = self.vision(pixel_values.to(tower_dtype))
+        return self.project_features(features)
+
+    def project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Tower features [num_images, num_patches, vision_hidden] (computed now or read from a
+        feature cache) -> [num_images, num_image_tokens, llm_hidden]."""
         proj_dtype = next(self.projector.parameters()).dtype
         return self.projector(features.to(proj_dtype))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Token embeddings with image features written at the placeholder positions.
 
         Args:
             input_ids: [batch, seq] with ``num_image_tokens`` placeholder ids per image.
             pixel_values: [num_images, 3, H, W] in the order the images appear, or None.
+            image_features: instead of ``pixel_values``, the frozen tower's output for them,
+                [num_images, num_patches, vision_hidden] (``mllm.data.feature_cache``); the
+                tower does not run. A batch from a cache without images brings [0, P, D].
 
         Returns:
             [batch, seq, llm_hidden] input embeddings.
 
         Raises:
             ImageFeatureCountError: placeholders and features differ in number.
+            ValueError: both ``pixel_values`` and ``image_features`` were given.
         """
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("give pixel_values or cached image_features, not both")
         is_image = input_ids == self.image_token_id  # [batch, seq]
         embeds = self.llm.get_input_embeddings()(input_ids)  # [batch, seq, hidden]
-        if pixel_values is None or pixel_values.shape[0] == 0:
+        images = pixel_values if image_features is None else image_features
+        if images is None or images.shape[0] == 0:
             num_slots = int(is_image.sum())
             if num_slots:
                 raise ImageFeatureCountError(f"{num_slots} image placeholder tokens but no images")
             if self.training:
-                # Run the tower on one blank image and add it times zero: under ZeRO-3 every
-                # rank must gather the same parameters in the same order, and DDP expects a
-                # gradient for every trained parameter, even when this batch has no image.
-                blank = embeds.new_zeros(1, 3, self.vision.image_size, self.vision.image_size)
-                embeds = embeds + 0.0 * self.encode_images(blank).sum().to(embeds.dtype)
+                # Run the image path on one blank image and add it times zero: under ZeRO-3
+                # every rank must gather the same parameters in the same order, and DDP expects
+                # a gradient for every trained parameter, even when this batch has no image.
+                # Batches from a feature cache never run the tower, so neither does this one.
+                if image_features is not None:
+                    blank = self.project_features(image_features.new_zeros(1, *images.shape[1:]))
+                else:
+                    size = self.vision.image_size
+                    blank = self.encode_images(embeds.new_zeros(1, 3, size, size))
+                embeds = embeds + 0.0 * blank.sum().to(embeds.dtype)
             return embeds
-        features = self.encode_images(pixel_values)  # [num_images, tokens, hidden]
+        if image_features is not None:
+            features = self.project_features(image_features)  # [num_images, tokens, hidden]
+        else:
+            features = self.encode_images(pixel_values)  # [num_images, tokens, hidden]
         num_slots, num_features = int(is_image.sum()), features.shape[0] * features.shape[1]
         if num_slots != num_features:
             raise ImageFeatureCountError(
@@ -97,9 +122,13 @@ class MultimodalModel(nn.Module):
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
         **llm_kwargs,
     ) -> CausalLMOutputWithPast:
         """Loss (when ``labels`` is given) and logits; extra arguments go to the LLM.
+
+        Images come as ``pixel_values`` or, from a feature cache, as the frozen tower's
+        ``image_features`` (see :meth:`embed`).
 
         A packed batch (``mllm.data.packing``) gives ``position_ids`` [batch, seq] that restart
         at 0 for every sample and no ``attention_mask``; transformers confines attention to
@@ -108,7 +137,7 @@ class MultimodalModel(nn.Module):
         silently attend across samples), so its packed rows are joined into one; logits come
         back as [batch, seq, vocab] all the same.
         """
-        inputs_embeds = self.embed(input_ids, pixel_values)
+        inputs_embeds = self.embed(input_ids, pixel_values, image_features)
         packed = position_ids is not None and attention_mask is None
         if packed:
             llm_kwargs.setdefault("use_cache", False)

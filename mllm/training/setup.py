@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from mllm.config.checks import STAGE_REFERENCE
-from mllm.config.schema import LoraConfig, RecipeConfig
+from mllm.config.schema import DataConfig, LoraConfig, RecipeConfig
+from mllm.data.dataset import ConversationDataset
+from mllm.data.feature_cache import (
+    BUILD_BATCH_SIZE,
+    FeatureCache,
+    FeatureCacheError,
+    build_feature_cache,
+    feature_fingerprint,
+)
 from mllm.models.lora import add_adapters, merge_adapters
 from mllm.models.multimodal import MultimodalModel
 from mllm.training import checkpoint as ckpt
@@ -130,3 +140,83 @@ def enable_gradient_checkpointing(model: MultimodalModel) -> None:
             module.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+
+
+def attach_feature_cache(
+    dataset: ConversationDataset,
+    data: DataConfig,
+    model: MultimodalModel,
+    key: str,
+    *,
+    batch_size: int = BUILD_BATCH_SIZE,
+) -> FeatureCache | None:
+    """Make ``dataset`` yield cached ``image_features`` when ``data.feature_cache`` is set
+    (``mllm.data.feature_cache``); a no-op returning None when it is not.
+
+    Builds the cache when its folder does not exist yet, on rank 0 while the other ranks wait,
+    then opens it on every rank, checked against this tower and preprocessing and against the
+    dataset's images. Call it before the DeepSpeed engine exists (collective under
+    ``torch.distributed``): the tower's parameters are gathered if ZeRO-3 partitioned them at
+    load, since every rank needs them for the weights digest and rank 0 runs the tower.
+
+    Args:
+        dataset: the stage's dataset.
+        data: the stage's ``data`` section (``feature_cache``, ``num_workers``).
+        model: the model with the stage's tower weights loaded; its tower must be frozen.
+        key: the recipe key of the folder, for messages (``stages.S.data.feature_cache``).
+        batch_size: images per tower call when building.
+
+    Returns:
+        The opened cache, also set as ``dataset.feature_cache``.
+
+    Raises:
+        FeatureCacheError: a trained tower, or a folder of another fingerprint or data.
+    """
+    if data.feature_cache is None:
+        return None
+    tower = model.vision
+    if any(p.requires_grad for p in tower.parameters()):
+        raise FeatureCacheError(f"{key}: the vision tower trains; its features change each step")
+    folder = Path(data.feature_cache)
+    processor = dataset.image_processor
+    if processor is None:  # a text-only dataset: fingerprint the tower's own processor
+        processor = tower.image_processor
+    with ckpt.gathered_parameters(list(tower.parameters())):
+        fingerprint = feature_fingerprint(tower, processor, dataset.image_mode)
+        failure: BaseException | None = None
+        if (dist.get_rank() if dist.is_initialized() else 0) == 0 and not folder.exists():
+            started = time.perf_counter()
+            try:
+                build_feature_cache(
+                    folder,
+                    tower,
+                    dataset,
+                    fingerprint,
+                    batch_size=batch_size,
+                    num_workers=data.num_workers,
+                    fail_unreadable=dataset.on_bad_record == "fail",
+                )
+                logger.info("built %s in %.1f s", folder, time.perf_counter() - started)
+            except BaseException as exc:  # every rank must hear of it, not wait forever
+                failure = exc
+        _share_outcome(failure, folder, key)
+    cache = FeatureCache.open(folder, fingerprint, key)
+    cache.check_covers(
+        dataset.image_paths(), key=key, fail_unreadable=dataset.on_bad_record == "fail"
+    )
+    dataset.feature_cache = cache
+    logger.info("%s: reading %d images' features from %s", key, len(cache.rows), folder)
+    return cache
+
+
+def _share_outcome(failure: BaseException | None, folder: Path, key: str) -> None:
+    """Rank 0's build outcome to every rank (a barrier too): all go on, or all stop."""
+    message = None if failure is None else f"{type(failure).__name__}: {failure}"
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        shared = [message]
+        dist.broadcast_object_list(shared, src=0)
+        message = shared[0]
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise FeatureCacheError(f"{key}: rank 0 could not build {folder}: {message}")

@@ -251,6 +251,9 @@ class Trainer:
             "input_ids": torch.tensor([[pad]]),
             "attention_mask": torch.tensor([[1]]),
         }
+        cache = getattr(self.dataset, "feature_cache", None)
+        if cache is not None:  # like the other batches: no image and no tower on any rank
+            dummy["image_features"] = cache.features([])  # [0, P, D]
         return model(**self._to_device(dummy)).logits.sum() * 0.0
 
     def _log(self, window: dict, progress: tqdm) -> dict[str, float]:

@@ -1,0 +1,114 @@
+"""``mllm cache-features RECIPE [--stage NAME] [key.sub=value ...]``: build the feature caches of
+a recipe's stages ahead of training (``data.feature_cache``, see ``mllm.data.feature_cache``).
+
+Training builds a missing cache itself, on rank 0 while the other ranks wait; for a large set
+build it here first, on one GPU. The model is built as ``scripts/train.py`` builds it (the
+stage's precision and ``init_from`` tower weights), so the fingerprints match. A cache that
+exists already is checked against the stage (tower, preprocessing, images) and kept.
+
+CPU, after the demo's stage align (``recipes/tiny/shapes_mlp.yaml``; its stage instruct
+freezes the tower and starts from align's output, tower included)::
+
+    mllm cache-features recipes/tiny/shapes_mlp.yaml --stage instruct \\
+        stages.instruct.data.feature_cache=runs/demo/cache/instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def cache_stage_features(recipe, stage_name: str, batch_size: int) -> None:
+    """Build (or check) the feature cache of one stage; see the module docstring.
+
+    Raises:
+        FeatureCacheError: the folder holds another fingerprint or lacks the stage's images.
+        CheckpointError: the stage's ``init_from`` is not a complete checkpoint.
+    """
+    from mllm.data.builder import build_dataset
+    from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
+    from mllm.training import checkpoint as ckpt
+    from mllm.training.setup import (
+        attach_feature_cache,
+        load_start_point,
+        resolve_init_from,
+        seed_everything,
+    )
+
+    stage = recipe.stages[stage_name]
+    key = f"stages.{stage_name}"
+    init_folder = resolve_init_from(recipe, stage_name)
+    seed_everything(recipe.seed)
+    built = build_model(
+        recipe.model, dtype=DTYPES[stage.precision], special_tokens=special_tokens_for(recipe)
+    )
+    # Only the tower matters: load the start point when it holds tower weights.
+    if init_folder is not None and "vision" in ckpt.read_manifest(init_folder)["components"]:
+        load_start_point(built.model, init_folder, f"{key}.init_from", stage.train.llm)
+    built.model.vision.requires_grad_(False)  # frozen in this stage (the recipe checks it)
+    dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
+    existed = Path(stage.data.feature_cache).exists()
+    started = time.perf_counter()
+    cache = attach_feature_cache(
+        dataset, stage.data, built.model, f"{key}.data.feature_cache", batch_size=batch_size
+    )
+    assert cache is not None
+    print(
+        f"{stage_name}: {'checked' if existed else 'built'} {cache.folder}: {len(cache.rows)} "
+        f"images x {list(cache.shape)} {str(cache.dtype).removeprefix('torch.')}, "
+        f"{len(cache.unreadable)} unreadable ({time.perf_counter() - started:.1f} s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mllm.config import RecipeError, load_recipe
+    from mllm.data.feature_cache import BUILD_BATCH_SIZE, FeatureCacheError
+
+    parser = argparse.ArgumentParser(
+        prog="mllm cache-features",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser.add_argument(
+        "--stage", action="append", help="stage(s); default: every stage with data.feature_cache"
+    )
+    parser.add_argument("--batch-size", type=int, default=BUILD_BATCH_SIZE, help="images per call")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    stages = args.stage or [n for n, s in recipe.stages.items() if s.data.feature_cache]
+    for name in stages:
+        if name not in recipe.stages:
+            print(
+                f"{args.recipe}: no stage {name!r}; stages: {list(recipe.stages)}", file=sys.stderr
+            )
+            return 2
+        if recipe.stages[name].data.feature_cache is None:
+            print(
+                f"{args.recipe}: stages.{name}.data.feature_cache is not set; set it in the "
+                f"recipe or as an override (stages.{name}.data.feature_cache=DIR)",
+                file=sys.stderr,
+            )
+            return 2
+    if not stages:
+        print(f"{args.recipe}: no stage sets data.feature_cache", file=sys.stderr)
+        return 2
+    for name in stages:
+        try:
+            cache_stage_features(recipe, name, args.batch_size)
+        except FeatureCacheError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,11 +77,19 @@ class _AbstractorLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(width, eps=eps)
         self.ffn = _SwiGLU(width, config.intermediate_size, eps)
 
-    def forward(self, queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """queries: [N, Q, width], features: [N, P, width] -> [N, Q, width]."""
+    def forward(
+        self, queries: torch.Tensor, features: torch.Tensor, position: torch.Tensor | None
+    ) -> torch.Tensor:
+        """queries: [N, Q, width], features: [N, P, width], position: [P, width] -> [N, Q, width]."""
         batch, num_queries, width = queries.shape
         queries = self.query_norm(queries)
-        context = torch.cat([queries, self.feature_norm(features)], dim=1)  # [N, Q + P, width]
+        context = self.feature_norm(features)  # [N, P, width]
+        if position is not None:
+            # After the norm, as mPLUG-Owl2 adds them: before it, the unit-scale sin-cos
+            # swamped the small features of a fresh projection and training stalled at
+            # colour only (demo task; see the README's per-projector table).
+            context = context + position.to(context.dtype)
+        context = torch.cat([queries, context], dim=1)  # [N, Q + P, width]
         split = (batch, -1, self.heads, width // self.heads)
         q = self.q(queries).view(split).transpose(1, 2)  # [N, heads, Q, head_dim]
         k = self.k(context).view(split).transpose(1, 2)  # [N, heads, Q + P, head_dim]
@@ -124,11 +132,9 @@ class AbstractorProjector(Projector):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = self.feature_proj(features)  # [num_images, num_patches, hidden_size]
-        if self.feature_position is not None:
-            features = features + self.feature_position.to(features.dtype)
         queries = self.query_tokens.expand(features.shape[0], -1, -1)
         for layer in self.layers:
-            queries = layer(queries, features)  # [num_images, num_queries, hidden_size]
+            queries = layer(queries, features, self.feature_position)  # [N, num_queries, width]
         out = self.out_proj(queries)  # [num_images, num_queries, llm_dim]
         if self.eos is not None:
             out = torch.cat([out, self.eos.expand(out.shape[0], -1, -1)], dim=1)

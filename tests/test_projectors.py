@@ -12,7 +12,7 @@ from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormer
 from mllm.config import RecipeError, load_recipe, validate_recipe
 from mllm.config.schema import TrainConfig
 from mllm.models import build_model
-from mllm.models.projectors.positions import sincos_2d
+from mllm.models.projectors.positions import feature_positions, sincos_2d
 from mllm.models.projectors.qformer import QFormerProjector
 from mllm.models.projectors.qformer_weights import (
     load_qformer_state_dict,
@@ -33,6 +33,7 @@ CASES = [
     ("abstractor", {**QFORMER, "hidden_size": VISION_DIM, "append_eos": True}, 65),
     ("qformer", {**QFORMER, "num_queries": 5, "feature_position": "sincos_2d"}, 5),
     ("abstractor", {**QFORMER, "num_queries": 6, "feature_position": "sincos_2d"}, 6),
+    ("abstractor", {**QFORMER, "num_queries": 6, "feature_position": "sincos_2d_grid"}, 6),
     ("c_abstractor", {"num_queries": 4, "hidden_size": 8, "depth": 1}, 4),
     ("ldp", {"grid": 2}, 4),
 ]
@@ -110,6 +111,20 @@ def test_sincos_2d_rows_columns_and_cls():
         sincos_2d(15, 8)
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_2d(16, 6)
+
+
+def test_grid_based_positions_vary_in_more_channels_on_a_small_grid():
+    """Base 10000 leaves most channels of a 4x4 grid nearly constant; base = side spreads the
+    frequencies over the grid (``feature_position: sincos_2d_grid``)."""
+    standard, grid = (
+        feature_positions("sincos_2d", 16, 256),
+        feature_positions("sincos_2d_grid", 16, 256),
+    )
+    assert torch.equal(standard, sincos_2d(16, 256))
+    varying = [(p.view(4, 4, 256).std(dim=0).mean(dim=0) > 0.05).sum() for p in (standard, grid)]
+    assert varying[1] > 2 * varying[0]
+    torch.testing.assert_close(grid[0, :64], grid[3, :64])  # still: first half the row
+    assert feature_positions("none", 16, 256) is None
 
 
 def test_qformer_cross_attends_every_other_block_like_blip2():
@@ -367,5 +382,9 @@ def test_tiny_recipes_swap_only_the_projector(monkeypatch, name):
     parent = load_recipe(REPO / "recipes/tiny/shapes_mlp.yaml")
     child = load_recipe(REPO / f"recipes/tiny/{name}.yaml")
     assert child.model.projector.name != "mlp" and child.model.projector.num_queries == 16
-    assert child.model.vision == parent.model.vision and child.model.llm == parent.model.llm
+    tower = parent.model.vision
+    if name == "shapes_abstractor":  # starts from the MLP run's tower, saved by `mllm merge`
+        tower = tower.model_copy(update={"path": "runs/demo/merged/vision"})
+        assert child.stages["align"].train.vision == "frozen"
+    assert child.model.vision == tower and child.model.llm == parent.model.llm
     assert child.stages["align"].data == parent.stages["align"].data

@@ -8,8 +8,6 @@ learned end-of-image embedding (``append_eos``).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -17,7 +15,11 @@ from torch import nn
 
 from mllm.config.schema import ProjectorConfig
 from mllm.models.projectors.base import Projector
-from mllm.models.projectors.positions import sincos_2d
+from mllm.models.projectors.positions import (
+    FeaturePosition,
+    feature_position_field,
+    feature_positions,
+)
 from mllm.models.registry import PROJECTORS
 
 
@@ -31,12 +33,7 @@ class AbstractorProjectorConfig(ProjectorConfig):
     intermediate_size: int = Field(default=2816, ge=1, description="SwiGLU inner width")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="attention-probability dropout")
     layer_norm_eps: float = Field(default=1e-6, gt=0)
-    feature_position: Literal["none", "sincos_2d"] = Field(
-        default="none",
-        description="add fixed 2D sin-cos position embeddings to the image features the queries "
-        "read (as mPLUG-Owl2's abstractor); needed when the tower's features carry little "
-        "position (a tower trained from scratch)",
-    )
+    feature_position: FeaturePosition = feature_position_field()
     append_eos: bool = Field(
         default=False, description="append mPLUG-Owl's learned end-of-image token (one more)"
     )
@@ -119,7 +116,8 @@ class AbstractorProjector(Projector):
         self.feature_proj = nn.Linear(vision_dim, width) if vision_dim != width else nn.Identity()
         self.layers = nn.ModuleList(_AbstractorLayer(config) for _ in range(config.num_layers))
         self.out_proj = nn.Linear(width, llm_dim)
-        self.register_buffer("feature_position", _positions(config, num_patches, width), False)
+        positions = feature_positions(config.feature_position, num_patches, width)
+        self.register_buffer("feature_position", positions, persistent=False)
         self.eos = nn.Parameter(torch.empty(1, 1, llm_dim)) if config.append_eos else None
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.query_tokens, std=0.02)
@@ -139,12 +137,6 @@ class AbstractorProjector(Projector):
         if self.eos is not None:
             out = torch.cat([out, self.eos.expand(out.shape[0], -1, -1)], dim=1)
         return out
-
-
-def _positions(
-    config: AbstractorProjectorConfig, num_patches: int, width: int
-) -> torch.Tensor | None:
-    return sincos_2d(num_patches, width) if config.feature_position == "sincos_2d" else None
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -8,8 +8,6 @@ from bert-base) and load a BLIP-2 / LAVIS / MiniGPT-4 / transformers Q-Former ch
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -17,7 +15,11 @@ from torch import nn
 
 from mllm.config.schema import ProjectorConfig
 from mllm.models.projectors.base import Projector
-from mllm.models.projectors.positions import sincos_2d
+from mllm.models.projectors.positions import (
+    FeaturePosition,
+    feature_position_field,
+    feature_positions,
+)
 from mllm.models.projectors.qformer_weights import (
     load_bert_weights,
     load_qformer_state_dict,
@@ -45,12 +47,7 @@ class QFormerProjectorConfig(ProjectorConfig):
     vision_norm: bool = Field(
         default=True, description="LayerNorm the tower's features first (BLIP-2's ln_vision)"
     )
-    feature_position: Literal["none", "sincos_2d"] = Field(
-        default="none",
-        description="add fixed 2D sin-cos position embeddings to the image features the queries "
-        "read (as mPLUG-Owl2's abstractor); needed when the tower's features carry little "
-        "position (a tower trained from scratch)",
-    )
+    feature_position: FeaturePosition = feature_position_field()
     init_from: str | None = Field(
         default=None,
         description="local folder of a BERT checkpoint; self-attention and FFN weights are "
@@ -144,9 +141,7 @@ class QFormer(nn.Module):
 
     def __init__(self, config: QFormerProjectorConfig, vision_dim: int, num_patches: int) -> None:
         super().__init__()
-        positions = None
-        if config.feature_position == "sincos_2d":
-            positions = sincos_2d(num_patches, vision_dim)
+        positions = feature_positions(config.feature_position, num_patches, vision_dim)
         self.register_buffer("feature_position", positions, persistent=False)
         self.dropout = config.dropout
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_queries, config.hidden_size))

@@ -8,12 +8,12 @@ import pickle
 import pytest
 import torch
 from torch import nn
-from training_utils import make_workspace, run_train, tiny_recipe, write_recipe
+from training_utils import make_workspace, run_train, tiny_recipe, workspace_dataset, write_recipe
 
 from mllm.cache_features import main as cache_features_main
 from mllm.config import RecipeError, validate_recipe
 from mllm.config.schema import DataConfig
-from mllm.data import BadRecord, ConversationDataset, DataCollator, get_template, read_records
+from mllm.data import BadRecord, DataCollator, read_records
 from mllm.data.feature_cache import (
     FeatureCacheError,
     build_feature_cache,
@@ -42,21 +42,6 @@ def setup(ws, tmp_path_factory):
     return recipe, built
 
 
-def _dataset(ws, built, split="instruct", records=None, **options) -> ConversationDataset:
-    template = "vicuna_v1" if split == "instruct" else "plain"
-    return ConversationDataset(
-        records if records is not None else read_records(ws[split]),
-        template=get_template(template),
-        tokenizer=built.tokenizer,
-        image_processor=built.image_processor,
-        image_folder=ws["images"],
-        image_mode="pad",
-        num_image_tokens=built.model.num_image_tokens,
-        max_length=128,
-        **options,
-    )
-
-
 def _attach(dataset, built, folder, **data):
     config = DataConfig(path="unused.json", feature_cache=str(folder), **data)
     return attach_feature_cache(dataset, config, built.model, "stages.s.data.feature_cache")
@@ -64,7 +49,7 @@ def _attach(dataset, built, folder, **data):
 
 def test_cached_features_equal_the_tower_exactly(ws, setup, tmp_path):
     _, built = setup
-    dataset = _dataset(ws, built)
+    dataset = workspace_dataset(ws, built)
     paths = dataset.image_paths()
     cache = _attach(dataset, built, tmp_path / "cache")
     assert sorted(cache.rows) == sorted(paths) and cache.shape == (16, 32)
@@ -83,7 +68,7 @@ def test_cached_features_equal_the_tower_exactly(ws, setup, tmp_path):
 @pytest.mark.parametrize("packing", [False, True])
 def test_loss_with_the_cache_equals_the_loss_with_the_tower(ws, setup, tmp_path, packing):
     _, built = setup
-    dataset = _dataset(ws, built)
+    dataset = workspace_dataset(ws, built)
     text_only = [i for i, flag in enumerate(dataset.has_image) if not flag]
     with_image = [i for i, flag in enumerate(dataset.has_image) if flag]
     picked = [with_image[0], text_only[0], with_image[1], with_image[2]]
@@ -125,13 +110,13 @@ def test_loss_with_the_cache_equals_the_loss_with_the_tower(ws, setup, tmp_path,
 def test_another_fingerprint_is_refused_naming_the_fields(ws, setup, tmp_path):
     _, built = setup
     folder = tmp_path / "cache"
-    _attach(_dataset(ws, built, "align"), built, folder)
+    _attach(workspace_dataset(ws, built, "align"), built, folder)
     before = (folder / "features.bin").read_bytes()
     tower = built.model.vision
     tower.config.feature_layer = [-1]
     try:
         with pytest.raises(FeatureCacheError) as caught:
-            _attach(_dataset(ws, built, "align"), built, folder)
+            _attach(workspace_dataset(ws, built, "align"), built, folder)
     finally:
         tower.config.feature_layer = [-2]
     message = str(caught.value)
@@ -144,7 +129,7 @@ def test_another_fingerprint_is_refused_naming_the_fields(ws, setup, tmp_path):
         weight.add_(1.0)
     try:
         with pytest.raises(FeatureCacheError, match=r"differing: weights \(cached"):
-            _attach(_dataset(ws, built, "align"), built, folder)
+            _attach(workspace_dataset(ws, built, "align"), built, folder)
     finally:
         with torch.no_grad():
             weight.sub_(1.0)
@@ -155,8 +140,8 @@ def test_images_missing_from_the_cache_are_named(ws, setup, tmp_path):
     _, built = setup
     records = read_records(ws["align"])
     folder = tmp_path / "cache"
-    _attach(_dataset(ws, built, "align", records[:5]), built, folder)
-    full = _dataset(ws, built, "align", records)
+    _attach(workspace_dataset(ws, built, "align", records[:5]), built, folder)
+    full = workspace_dataset(ws, built, "align", records)
     missing = full.image_paths()[5:]
     with pytest.raises(FeatureCacheError) as caught:
         _attach(full, built, folder)
@@ -183,7 +168,7 @@ class _Interrupted(nn.Module):
 
 def test_an_interrupted_build_leaves_no_cache_folder(ws, setup, tmp_path):
     _, built = setup
-    dataset = _dataset(ws, built, "align")
+    dataset = workspace_dataset(ws, built, "align")
     folder = tmp_path / "cache"
     tower = built.model.vision
     fingerprint = feature_fingerprint(tower, built.image_processor, "pad")
@@ -201,7 +186,7 @@ def test_unreadable_images_follow_the_bad_record_policy(ws, setup, tmp_path):
     records = read_records(ws["align"])[:4]
     records[1] = {**records[1], "image": "no/such.png"}
     for policy in ("skip", "fail"):
-        dataset = _dataset(ws, built, "align", records, on_bad_record=policy)
+        dataset = workspace_dataset(ws, built, "align", records, on_bad_record=policy)
         folder = tmp_path / policy
         if policy == "fail":
             with pytest.raises(FeatureCacheError, match=r"no/such.png.*on_bad_record is 'fail'"):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from training_utils import make_workspace, run_train, tiny_recipe, write_recipe
+from training_utils import make_workspace, run_train, tiny_recipe, workspace_dataset, write_recipe
 
 from mllm.config import validate_recipe
 from mllm.config.checks import flash_attention_unavailable_reason
-from mllm.data import IGNORE_INDEX, BadRecord, ConversationDataset, DataCollator, get_template
+from mllm.data import IGNORE_INDEX, BadRecord, DataCollator
 from mllm.data.packing import PackingCollator, plan_rows
 from mllm.models import build_model
 from mllm.models.builder import special_tokens_for
@@ -87,16 +87,7 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(ws, tmp_path, attn):
     built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
     stage = recipe.stages["instruct"]
     apply_stage(built.model, stage.train.model_copy(update={"vision": "full"}))
-    dataset = ConversationDataset.from_files(
-        ws["instruct"],
-        template=get_template("vicuna_v1"),
-        tokenizer=built.tokenizer,
-        image_processor=built.image_processor,
-        image_folder=ws["images"],
-        image_mode="pad",
-        num_image_tokens=built.model.num_image_tokens,
-        max_length=128,
-    )
+    dataset = workspace_dataset(ws, built)
     # Text-only and image samples of different lengths, in one micro-batch.
     text_only = [i for i, flag in enumerate(dataset.has_image) if not flag]
     with_image = sorted(
@@ -136,16 +127,7 @@ def test_joined_rows_give_the_same_loss(ws, tmp_path):
     recipe = validate_recipe(tiny_recipe(ws, tmp_path), "test")
     torch.manual_seed(0)
     built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
-    dataset = ConversationDataset.from_files(
-        ws["align"],
-        template=get_template("plain"),
-        tokenizer=built.tokenizer,
-        image_processor=built.image_processor,
-        image_folder=ws["images"],
-        image_mode="pad",
-        num_image_tokens=built.model.num_image_tokens,
-        max_length=128,
-    )
+    dataset = workspace_dataset(ws, built, "align")
     samples = [dataset[i] for i in range(9)]
     pad = built.tokenizer.pad_token_id
     packed = PackingCollator(pad_token_id=pad, max_length=64)(samples)
@@ -175,16 +157,7 @@ def test_flash_attention_packing_equals_padding(ws, tmp_path):
         recipe.model, dtype=torch.bfloat16, special_tokens=special_tokens_for(recipe)
     )
     model = built.model.cuda().eval()
-    dataset = ConversationDataset.from_files(
-        ws["instruct"],
-        template=get_template("vicuna_v1"),
-        tokenizer=built.tokenizer,
-        image_processor=built.image_processor,
-        image_folder=ws["images"],
-        image_mode="pad",
-        num_image_tokens=model.num_image_tokens,
-        max_length=128,
-    )
+    dataset = workspace_dataset(ws, built)
     samples = [dataset[i] for i in range(8)]
     pad = built.tokenizer.pad_token_id
 

@@ -92,6 +92,25 @@ def tiny_recipe(
     }
 
 
+def workspace_dataset(ws: dict[str, Path], built, split: str = "instruct", records=None, **options):
+    """A ``ConversationDataset`` over the workspace's ``split`` (or ``records``), prepared for
+    ``built``'s tokenizer, image processor and image tokens: ``vicuna_v1`` for instruct, ``plain``
+    for align, 128 tokens."""
+    from mllm.data import ConversationDataset, get_template, read_records
+
+    return ConversationDataset(
+        records if records is not None else read_records(ws[split]),
+        template=get_template("vicuna_v1" if split == "instruct" else "plain"),
+        tokenizer=built.tokenizer,
+        image_processor=built.image_processor,
+        image_folder=ws["images"],
+        image_mode="pad",
+        num_image_tokens=built.model.num_image_tokens,
+        max_length=128,
+        **options,
+    )
+
+
 def write_recipe(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path

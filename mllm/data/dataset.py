@@ -360,9 +360,8 @@ class ConversationDataset(Dataset):
             elif checked.images:
                 images["pixel_values"] = torch.stack([self._load(p) for p in checked.images])
         except ImageLoadError as err:
-            bad = BadRecord(
-                self._where(record_index), image_error_kind(err), f"field 'image': {err}"
-            )
+            where, kind = self._where(record_index), image_error_kind(err)
+            bad = BadRecord(where, kind, f"field 'image': {err}")
             if self.on_bad_record == "fail":
                 raise DataError(f"{bad.where}, {bad.reason}") from None
             return bad

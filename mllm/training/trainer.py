@@ -247,10 +247,7 @@ class Trainer:
         all dropped: every rank still runs forward/backward, keeping collectives and gradient
         accumulation in step, and the update is unchanged."""
         pad = self.built.tokenizer.pad_token_id
-        dummy = {
-            "input_ids": torch.tensor([[pad]]),
-            "attention_mask": torch.tensor([[1]]),
-        }
+        dummy = {"input_ids": torch.tensor([[pad]]), "attention_mask": torch.tensor([[1]])}
         cache = getattr(self.dataset, "feature_cache", None)
         if cache is not None:  # like the other batches: no image and no tower on any rank
             dummy["image_features"] = cache.features([])  # [0, P, D]

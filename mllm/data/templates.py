@@ -1,10 +1,15 @@
 """Conversation templates: how a LLaVA conversation becomes text, and which parts are trained.
 
 A template renders a conversation into :class:`Segment` s; ``is_target`` marks exactly the text
-that gets labels (each assistant reply plus its end-of-turn token), so label masking is decided
-on characters here and mapped to tokens once, in ``tokenize.py``. The ``generation_prompt`` of a
-conversation is, token for token, a prefix of its training rendering, so a model sees at
-inference the same tokens it was trained on.
+that gets labels, so label masking is decided on characters here and mapped to tokens once, in
+``tokenize.py``. The labelling rule: **the target of an exchange is everything the model must
+write after its generation prompt** -- the separator between the assistant header and the
+reply (Vicuna's space after ``"ASSISTANT:"``), the reply, and the end-of-turn text
+(``"</s>"``, ``"<|eot_id|>"``, ``"<|im_end|>"``, ``"###"``, plain's ``"\n"``), which is trained
+so the model learns to stop. Untrained: the system prompt, user turns, assistant headers and
+scaffolding after the end-of-turn (ChatML's newline). Counting the separator in is what makes
+a tokenizer's lone ``'▁'`` before ``"2"`` or a byte-fallback word a target: generation stops
+at ``"ASSISTANT:"``, so that ``'▁'`` is the first token the model has to produce.
 
 BOS: no template writes a BOS token. Tokenizers of every supported family add their own when
 called with ``add_special_tokens=True`` (Llama/Vicuna ``<s>``, Llama-3 ``<|begin_of_text|>``;
@@ -152,7 +157,8 @@ class Template:
         system_format: ``{system}`` is replaced by the system prompt; ``""`` means the
             format has no system prompt (a system turn is then an error).
         user_format: ``{content}`` is replaced by the user's text.
-        assistant_prefix: the assistant header before each reply (not trained).
+        assistant_prefix: the assistant header before each reply; the part of it after
+            ``generation_prefix`` (a separator the model writes itself) is trained.
         assistant_end: the end-of-turn text after each reply; trained with the reply, so the
             model learns to stop.
         assistant_suffix: untrained text after ``assistant_end`` (ChatML's newline).
@@ -180,6 +186,19 @@ class Template:
     caption_only: bool = False
     stop_strings: tuple[str, ...] = ()
     special_tokens: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.assistant_prefix.startswith(self.header):
+            raise ValueError(
+                f"template {self.name!r}: generation_prefix {self.generation_prefix!r} must be "
+                f"a prefix of assistant_prefix {self.assistant_prefix!r}, so that a generation "
+                "prompt is a prefix of the training text"
+            )
+
+    @property
+    def header(self) -> str:
+        """The untrained assistant header: what a generation prompt ends with."""
+        return self.assistant_prefix if self.generation_prefix is None else self.generation_prefix
 
     def render(
         self,
@@ -253,13 +272,12 @@ class Template:
             elif self.strip_content:
                 user = user.strip()
             segments.append(Segment(self.user_format.format(content=user), False))
+            segments.append(Segment(self.header, False))
             if exchange.assistant is None:
-                prefix = self.generation_prefix
-                segments.append(Segment(self.assistant_prefix if prefix is None else prefix, False))
                 break
             reply = exchange.assistant.strip() if self.strip_content else exchange.assistant
-            segments.append(Segment(self.assistant_prefix, False))
-            segments.append(Segment(reply + self.assistant_end, True))
+            separator = self.assistant_prefix[len(self.header) :]
+            segments.append(Segment(separator + reply + self.assistant_end, True))
             segments.append(Segment(self.assistant_suffix, False))
         return segments
 

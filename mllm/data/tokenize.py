@@ -3,10 +3,14 @@
 LLaVA tokenizes each round separately and counts tokens to place the label mask, which
 breaks whenever merges across round boundaries differ (its "tokenization mismatch" warning,
 after which every label of the sample is -100 and it trains on nothing). Here the template marks target
-characters, the joined text is tokenized once with offsets, and a token is labelled iff its
-characters overlap a target span: the ids are the ones inference sees, and a reply's first
-token is labelled even when it also carries the preceding space (as LLaVA labels ``"▁A"`` after
-``"ASSISTANT:"``). Tokens the tokenizer adds itself (BOS) have empty spans and stay -100.
+characters, the joined text is tokenized once with offsets, and **a token is a target iff its
+characters overlap a target span** (the template's rule: everything the model writes after
+its generation prompt, end-of-turn included). So the ids are the ones inference sees, and
+every token of a reply's tokenization is a target: one that also carries the preceding space
+(``"▁Blue"`` after ``"ASSISTANT:"``), and a separator piece the tokenizer emits alone right
+before the reply (the ``'▁'`` of ``"▁", "2"`` or of ``"▁", "<0x50>", "ur"``), as LLaVA's
+own preprocessing trains it. Tokens the tokenizer adds itself (BOS) have empty spans and stay
+-100.
 
 Each image marker (a special token of the tokenizer) becomes ``num_image_tokens`` copies of
 its id, all -100, which the model replaces with projected image features.

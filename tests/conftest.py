@@ -21,13 +21,8 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
-@pytest.fixture(scope="session")
-def tokenizer(tiny_tokenizer_dir: Path) -> PreTrainedTokenizerBase:
-    """The tiny Llama-style tokenizer with ``<image>`` and every template's tokens added.
-
-    Added the way the model builder adds them; tests must not add more tokens to it.
-    """
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+def with_template_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Add ``<image>`` and every template's special tokens, as the model builder adds them."""
     wanted = [DEFAULT_IMAGE_TOKEN]
     for name in TEMPLATES.names():
         wanted.extend(TEMPLATES.get(name).target.special_tokens)
@@ -35,6 +30,22 @@ def tokenizer(tiny_tokenizer_dir: Path) -> PreTrainedTokenizerBase:
     missing = list(dict.fromkeys(token for token in wanted if token not in vocab))
     tokenizer.add_tokens(missing, special_tokens=True)
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+    """The tiny Llama-2-style tokenizer with ``<image>`` and every template's tokens added.
+
+    Trained on general text (byte fallback, split digits); tests must not add more tokens.
+    """
+    return with_template_tokens(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    """A tiny Llama-3-style byte-level BPE on general text, template tokens added."""
+    folder = train_tiny_tokenizer(tmp_path_factory.mktemp("byte_level"), kind="byte_level")
+    return with_template_tokens(AutoTokenizer.from_pretrained(folder))
 
 
 @pytest.fixture(scope="session")

@@ -218,7 +218,8 @@ def test_over_long_records_are_dropped_and_reported(build, caplog) -> None:
     with pytest.raises(DataError) as error:
         build(max_length=max_length, num_image_tokens=64)
     assert "3 of 4 records cannot be trained on" in str(error.value)
-    assert "record 2 (id 'two-images'), 178 tokens > max_length" in str(error.value)
+    two_images = build(num_image_tokens=64).lengths[2]
+    assert f"record 2 (id 'two-images'), {two_images} tokens > max_length" in str(error.value)
 
 
 # --- errors -----------------------------------------------------------------------------

@@ -44,21 +44,25 @@ def _reference(tokenizer, ids: list[int], stop_ids: set[int], stops: tuple[str, 
 
 def test_decoder_cuts_at_a_multi_token_stop_string_and_never_streams_part_of_it(tokenizer):
     decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ("###",))
-    deltas = _feed(decoder, _ids(tokenizer, "red###blue"))  # "###" is three byte tokens
+    ids = _ids(tokenizer, "red###blue")
+    through_stop = _ids(tokenizer, "red###")
+    assert ids[: len(through_stop)] == through_stop and len(_ids(tokenizer, "###")) > 1
+    deltas = _feed(decoder, ids)
     assert decoder.text == "red" and decoder.finish_reason == "stop"
     assert "".join(deltas) == "red"
     assert all("#" not in d for d in deltas)
-    assert decoder.num_tokens == 4  # "red" and the three tokens of the stop string
+    assert decoder.num_tokens == len(through_stop)  # "red" and the stop string's tokens
 
 
 def test_decoder_holds_back_byte_runs_and_outer_whitespace(tokenizer):
     decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ())
-    ids = _ids(tokenizer, "  red é")  # "é" is two byte-fallback tokens
+    ids = _ids(tokenizer, "  red ŵ")  # "ŵ" is two byte-fallback tokens
+    assert tokenizer.convert_ids_to_tokens(ids[-2:]) == ["<0xC5>", "<0xB5>"]
     deltas = [decoder.add(i) for i in ids]
-    # "é" could still turn into "\ufffd\ufffd\ufffd" if a third, invalid byte joined its run.
+    # "ŵ" could still turn into "\ufffd\ufffd\ufffd" if a third, invalid byte joined its run.
     assert "".join(deltas) == "red"
-    assert decoder.add(tokenizer.eos_token_id) == " é"
-    assert decoder.text == "red é" and decoder.finish_reason == "stop"
+    assert decoder.add(tokenizer.eos_token_id) == " ŵ"
+    assert decoder.text == "red ŵ" and decoder.finish_reason == "stop"
     assert decoder.add(5) == ""  # a finished row of a batch ignores its padding
 
 
@@ -72,15 +76,16 @@ def test_decoder_reports_length_when_no_stop_came(tokenizer):
 def test_a_byte_run_that_turns_invalid_later_is_never_streamed_early(tokenizer):
     """<0x0B> <0x07> decode as "\\x0b\\x07" until <0xF7> joins their run, which makes all
     three bytes "\\ufffd": the decoder once streamed "\\x0b\\x07" and then dropped the rest."""
-    pieces = ["ws", "<0x01>", "▁finds", "har", "<0x0B>", "<0x07>", "<0xF7>", "co"]
-    ids = tokenizer.convert_tokens_to_ids(pieces)  # [577, 4, 626, 943, 14, 10, 250, 763]
-    whole = "ws\x01 findshar\ufffd\ufffd\ufffdco"
+    pieces = ["in", "<0x01>", "▁the", "er", "<0x0B>", "<0x07>", "<0xF7>", "at"]
+    ids = tokenizer.convert_tokens_to_ids(pieces)
+    assert tokenizer.unk_token_id not in ids
+    whole = "in\x01 theer\ufffd\ufffd\ufffdat"
     assert tokenizer.decode(ids) == whole
-    assert tokenizer.decode(ids[:6]) == "ws\x01 findshar\x0b\x07"
+    assert tokenizer.decode(ids[:6]) == "in\x01 theer\x0b\x07"
     decoder = StopStringDecoder(tokenizer, {tokenizer.eos_token_id}, ("</s>",))
     deltas = _feed(decoder, ids)
     assert decoder.text == "".join(deltas) == whole
-    assert deltas[:4] == ["ws", "", "\x01 finds", "har"]  # settled text still streams at once
+    assert deltas[:4] == ["in", "", "\x01 the", "er"]  # settled text still streams at once
     assert deltas[4:7] == ["", "", ""]  # the byte run waits until a non-byte token ends it
 
 

@@ -79,7 +79,8 @@ def test_vicuna_v1_renders_llavas_conv_vicuna_v1() -> None:
         f"{VICUNA_SYSTEM} USER: <image>\nWhat color is the shape? ASSISTANT: A red circle.</s>"
         "USER: Where is the shape? ASSISTANT: top left</s>"
     )
-    assert [text[start:end] for start, end in spans] == ["A red circle.</s>", "top left</s>"]
+    # The space after "ASSISTANT:" is the model's to write: generation prompts end before it.
+    assert [text[start:end] for start, end in spans] == [" A red circle.</s>", " top left</s>"]
 
 
 def test_vicuna_v1_generation_prompt_ends_like_llava() -> None:
@@ -170,53 +171,6 @@ def test_chatml_labels_replies_and_im_end_not_the_newline(
         "\n<|im_start|>user\nWhere is the shape?<|im_end|>\n<|im_start|>assistant\n",
         "\n",
     ]
-
-
-def llava_preprocess_v1_labels(prompt: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Labels as LLaVA's ``preprocess_v1`` computes them (text-only), re-derived here.
-
-    It masks, per round split at "</s>", ``len(tok(instruction)) - 2`` tokens (BOS, and the
-    space token "ASSISTANT: " gets alone but shares with the reply in context), and counts
-    ``len(tok(round))`` tokens per round (the BOS standing in for "</s>").
-    """
-    ids = tokenizer(prompt).input_ids
-    labels = list(ids)
-    labels[0] = IGNORE_INDEX
-    position = 1
-    separator = " ASSISTANT: "
-    for piece in prompt.split("</s>"):
-        if not piece:
-            break
-        instruction, _ = piece.split(separator)
-        instruction_len = len(tokenizer(instruction + separator).input_ids) - 2
-        labels[position : position + instruction_len] = [IGNORE_INDEX] * instruction_len
-        position += len(tokenizer(piece).input_ids)
-    assert position == len(ids), "LLaVA would report a tokenization mismatch here"
-    return labels
-
-
-@pytest.mark.parametrize(
-    "reply", ["A red circle.", "Because it is red.", "The quick brown fox jumps over the lazy dog."]
-)
-def test_vicuna_v1_labels_equal_llava_preprocess_v1(
-    tokenizer: PreTrainedTokenizerBase, reply: str
-) -> None:
-    # One round: there LLaVA's length arithmetic holds for this (non-legacy) tokenizer too.
-    conversation = [
-        {"from": "human", "value": "What color is the shape?"},
-        {"from": "gpt", "value": reply},
-    ]
-    sample = tokenize(conversation, "vicuna_v1", tokenizer)
-    text, _ = render_text(conversation, get_template("vicuna_v1"), image_token="<image>")
-    assert sample.input_ids == tokenizer(text).input_ids
-    assert sample.labels == llava_preprocess_v1_labels(text, tokenizer)
-
-
-def test_plain_labels_equal_llava_preprocess_plain(tokenizer: PreTrainedTokenizerBase) -> None:
-    sample = tokenize(CAPTION, "plain", tokenizer)
-    # LLaVA masks len(tokenizer_image_token("<image>")) = 2 tokens (BOS, image), labels the rest.
-    assert sample.labels[:2] == [IGNORE_INDEX, IGNORE_INDEX]
-    assert sample.labels[2:] == sample.input_ids[2:]
 
 
 @pytest.mark.parametrize("name", TEMPLATES.names())

@@ -47,7 +47,7 @@ def tiny_recipe(
                 "path": str(data),
                 "image_folder": str(ws["images"]),
                 "template": template,
-                "max_length": 128,
+                "max_length": 256,
             },
             "train": train,
             "optim": {"lr": 1e-2, "warmup_ratio": 0.0},

@@ -1,17 +1,24 @@
-"""The tiny sentencepiece tokenizer: trained locally in a fraction of a second on a built-in
-corpus, saved as a folder that ``AutoTokenizer.from_pretrained`` loads like a real Llama one."""
+"""Tiny tokenizers that behave like real ones, trained locally in a fraction of a second on
+general text (:mod:`mllm.tiny.corpus`), saved as folders that ``AutoTokenizer.from_pretrained``
+loads like a downloaded Llama-2 (sentencepiece, byte fallback, split digits) or Llama-3
+(byte-level BPE, digits in groups of three) tokenizer."""
 
 from __future__ import annotations
 
 import io
 import itertools
 import json
-import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import sentencepiece as spm
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer
+
+from mllm.tiny.corpus import general_text
+
+TokenizerKind = Literal["sentencepiece", "byte_level"]
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 # Byte fallback reserves one piece per byte; the specials are <unk>, <s>, </s>.
@@ -22,85 +29,40 @@ SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
-COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray")
-SHAPES = ("circle", "square", "triangle", "cross", "diamond", "star")
-POSITIONS = ("top left", "top right", "bottom left", "bottom right", "center")
-POSITIONS += ("top", "bottom", "left", "right")
-_NOUNS_TEXT = (
-    "cat dog bird house tree river mountain city car train book table window garden "
-    "teacher student child friend doctor farmer painter engine computer picture camera "
-    "road bridge ocean forest flower apple bread water letter song story question answer"
+# Llama-3's pre-tokenizer pattern: words keep their leading space, digits go in groups of at
+# most three and never join a space, so " 42" is two tokens, " " and "42".
+_LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_VERBS_TEXT = (
-    "sees likes draws finds carries paints watches builds opens reads follows describes "
-    "moves holds shows counts"
-)
-_ADJECTIVES_TEXT = (
-    "small large bright dark quiet busy old new happy simple round sharp heavy light "
-    "early late warm cold"
-)
-_PLACES = (
-    "near the station",
-    "in the morning",
-    "after the rain",
-    "on the table",
-    "under the bridge",
-    "at the market",
-    "beside the river",
-    "in the picture",
-    "inside the house",
-    "across the street",
-)
-_FIXED_LINES = (
-    SYSTEM_PROMPT,
-    "USER:",
-    "ASSISTANT:",
-    "system",
-    "user",
-    "assistant",
-    "What color is the shape?",
-    "What shape is in the image?",
-    "Where is the shape?",
-    "Answer the question using a single word or phrase.",
-    "Describe the image briefly.",
-    "0 1 2 3 4 5 6 7 8 9 10 11 12 100 2024",
-    "The quick brown fox jumps over the lazy dog.",
-    "Hello, world! How are you today? I'm fine, thanks.",
+# Llama-3's own special tokens, so its chat template needs nothing added.
+LLAMA3_SPECIALS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
 )
 
 
-def _builtin_corpus() -> Iterator[str]:
-    """Yield the fixed training text: template strings plus a few hundred generated sentences.
-
-    Generated with a fixed seed so the tokenizer is identical on every machine.
-    """
-    rng = random.Random(1234)
-    nouns, verbs, adjectives = _NOUNS_TEXT.split(), _VERBS_TEXT.split(), _ADJECTIVES_TEXT.split()
-    yield from _FIXED_LINES
-    for colour, shape, position in itertools.product(COLOURS, SHAPES, POSITIONS):
-        yield f"A {colour} {shape} in the {position}."
-    for i in range(400):
-        a, b = rng.randint(0, 20), rng.randint(0, 20)
-        noun, other = rng.sample(nouns, 2)
-        yield rng.choice(
-            (
-                f"The {rng.choice(adjectives)} {noun} {rng.choice(verbs)} "
-                f"a {rng.choice(adjectives)} {other} {rng.choice(_PLACES)}.",
-                f"USER: What is {a} plus {b}? ASSISTANT: {a + b}",
-                f"Why does the {noun} look {rng.choice(adjectives)}? "
-                f"Because it is {rng.choice(COLOURS)}.",
-                f"Question {i}: is the {rng.choice(SHAPES)} {rng.choice(COLOURS)}? "
-                f"Answer: {rng.choice(('yes', 'no'))}.",
-                f"My {noun} and your {other} were {rng.choice(adjectives)} "
-                f"{rng.choice(_PLACES)}, weren't they?",
-            )
-        )
+def tokenizer_corpus(extra_text: Iterable[str] = ()) -> list[str]:
+    """The lines every tiny tokenizer is trained on: general prose, then ``extra_text``."""
+    return [line for line in itertools.chain(general_text(), extra_text) if line.strip()]
 
 
 def train_tiny_tokenizer(
-    out_dir: Path, vocab_size: int = 1024, extra_text: Iterable[str] = ()
+    out_dir: Path,
+    vocab_size: int = 1024,
+    extra_text: Iterable[str] = (),
+    kind: TokenizerKind = "sentencepiece",
 ) -> Path:
-    """Train a Llama-style sentencepiece BPE tokenizer and save it as a loadable folder.
+    """Train a tokenizer on general text and save it as a folder ``from_pretrained`` loads.
+
+    The corpus never contains a test's or the demo's answers, so answers tokenize as real
+    data does: digits split off a lone ``'▁'``, rare or capitalised words in fragments or
+    byte-fallback pieces. ``kind="byte_level"`` gives a Llama-3-style byte-level BPE instead
+    (see :func:`train_byte_level_tokenizer`); the rest of this docstring is about the
+    default, Llama-2-style sentencepiece tokenizer.
 
     Byte fallback means any text, in any script, encodes without ``<unk>``. The folder gets
     ``tokenizer.model`` plus the fast ``tokenizer.json``, so ``AutoTokenizer.from_pretrained``
@@ -114,7 +76,8 @@ def train_tiny_tokenizer(
     Args:
         out_dir: Folder to write (created if needed; tokenizer files in it are replaced).
         vocab_size: Exact vocabulary size, including the 256 byte pieces and 3 specials.
-        extra_text: Lines added to the built-in corpus.
+        extra_text: Lines added to the general corpus.
+        kind: ``"sentencepiece"`` (Llama-2, Vicuna, Mistral) or ``"byte_level"`` (Llama-3).
 
     Returns:
         ``out_dir``.
@@ -124,7 +87,11 @@ def train_tiny_tokenizer(
             character, or is more than the corpus can fill.
     """
     out_dir = Path(out_dir)
-    lines = [line for line in itertools.chain(_builtin_corpus(), extra_text) if line.strip()]
+    lines = tokenizer_corpus(extra_text)
+    if kind == "byte_level":
+        return train_byte_level_tokenizer(out_dir, vocab_size, lines)
+    if kind != "sentencepiece":
+        raise ValueError(f"unknown tokenizer kind {kind!r}; use 'sentencepiece' or 'byte_level'")
     num_chars = len(set("".join(lines)) - {" "})
     minimum = _NUM_BYTE_PIECES + _NUM_SPECIALS + num_chars + 1
     if vocab_size < minimum:
@@ -178,4 +145,61 @@ def train_tiny_tokenizer(
             f"(fast={tokenizer.is_fast}), expected a fast tokenizer with {vocab_size}"
         )
     tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def train_byte_level_tokenizer(out_dir: Path, vocab_size: int, lines: list[str]) -> Path:
+    """Train a Llama-3-style byte-level BPE on ``lines`` and save it as a loadable folder.
+
+    Every byte is a base token (no ``<unk>``, no fallback pieces); the tokenizer adds
+    ``<|begin_of_text|>`` and has Llama-3's header and end-of-turn tokens as specials.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: if ``vocab_size`` cannot hold the 256 bytes and the special tokens.
+    """
+    minimum = 256 + len(LLAMA3_SPECIALS) + 1
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small for byte-level BPE; use >= {minimum}"
+        )
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_LLAMA3_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(LLAMA3_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(lines, trainer)
+    bos = LLAMA3_SPECIALS[0]
+    tokenizer.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, 0)]
+            ),
+        ]
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.model").unlink(missing_ok=True)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": bos,
+        "eos_token": "<|eot_id|>",
+        "clean_up_tokenization_spaces": False,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    loaded = AutoTokenizer.from_pretrained(out_dir)
+    if not loaded.is_fast or loaded.encode("a")[0] != loaded.convert_tokens_to_ids(bos):
+        raise RuntimeError(f"the byte-level tokenizer in {out_dir} does not load as trained")
     return out_dir

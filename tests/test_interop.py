@@ -20,7 +20,7 @@ from interop_utils import (
 )
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 from mllm.cli import main as cli
 from mllm.config import dump_recipe, validate_recipe
@@ -94,6 +94,29 @@ def test_llava_checkpoint_matches_llavas_computation(tiny, image, tmp_path, trai
             input_ids=torch.tensor([expanded]), pixel_values=expected_pixels[None]
         ).logits
     torch.testing.assert_close(ours[..., :vocab], theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["legacy_false", "legacy_true"])
+def test_llava_prompt_ids_write_sentencepieces_dummy_prefix_before_spaces(legacy):
+    """Every piece between images as sentencepiece itself encodes it (LLaVA's slow tokenizer),
+    also where a piece starts with one or more spaces, the first piece included."""
+    spm = pytest.importorskip("sentencepiece")
+    folder = Path(__file__).parent / "fixtures" / "llava_labels" / "tokenizers"
+    folder = folder / f"general-legacy_{str(legacy).lower()}"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    sentencepiece = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    prompt = " Lead<image> What<image>  two<image>   <image>\n x<image>"
+    expected = [sentencepiece.bos_id()]
+    for index, piece in enumerate(prompt.split("<image>")):
+        expected += [image_id] * 2 * bool(index) + sentencepiece.encode(piece)
+    ids = llava_prompt_ids(
+        tokenizer, prompt, image_token="<image>", image_token_id=image_id, num_image_tokens=2
+    )
+    assert ids == expected
+    lone = tokenizer.convert_tokens_to_ids("▁")
+    assert ids[ids.index(image_id) + 2] == lone  # "<image> What": '▁', '▁W', ...
 
 
 def test_llava_checkpoint_exports_to_hf_llava(tiny, image, tmp_path):

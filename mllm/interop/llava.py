@@ -293,6 +293,29 @@ def _load_tower_weights(encoder: torch.nn.Module, index: dict[str, Path], folder
         ) from None
 
 
+def _sentencepiece_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Ids of ``text`` (with the tokenizer's BOS) as sentencepiece writes them, dummy prefix
+    included.
+
+    Sentencepiece's ``add_dummy_prefix`` puts a ``'▁'`` before the text even when the text
+    starts with a space (``" What"`` -> ``"▁▁What"`` -> ``'▁', '▁W', ...``); a fast tokenizer's
+    Metaspace puts one only where the text does not already start with ``'▁'``. So for text
+    with n leading spaces, sentencepiece's pieces spell n + 1 leading ``'▁'``; where the fast
+    tokenizer's spell only n, the text is tokenized with one more leading space, which hands
+    the BPE model exactly the string sentencepiece sees. Tokenizers that already write the prefix, or use no ``'▁'`` at all
+    (byte-level BPE), are left as they are.
+    """
+    ids = tokenizer(text)["input_ids"]
+    spaces = len(text) - len(text.lstrip(" "))
+    if not spaces:
+        return ids
+    start = int(bool(ids) and ids[0] == tokenizer.bos_token_id)
+    spelled = "".join(tokenizer.convert_ids_to_tokens(ids[start:]))
+    if len(spelled) - len(spelled.lstrip("▁")) == spaces:
+        return tokenizer(" " + text)["input_ids"]
+    return ids
+
+
 def llava_prompt_ids(
     tokenizer: PreTrainedTokenizerBase,
     prompt: str,
@@ -304,12 +327,25 @@ def llava_prompt_ids(
     """Token ids of ``prompt`` as LLaVA's ``tokenizer_image_token`` builds them, each image
     marker expanded to ``num_image_tokens`` placeholder ids.
 
-    LLaVA tokenizes the text between image markers piece by piece, each with the tokenizer's
-    BOS, and drops every BOS but the first. A sentencepiece tokenizer then starts the piece
-    after an image with a word-boundary token ("▁") that tokenizing the whole prompt at once
-    does not produce; LLaVA-trained models saw that token, so prompts for them are built here.
+    LLaVA splits the prompt at each image marker and tokenizes every piece alone with the
+    slow sentencepiece tokenizer, each with the tokenizer's BOS, and drops every BOS but the
+    first. Each piece therefore starts with sentencepiece's dummy prefix ``'▁'``, also where
+    it starts with a space (``"<image> What"`` -> ``<image>, '▁', '▁W'``), which tokenizing
+    the whole prompt at once does not produce; LLaVA-trained models saw those tokens. Pieces
+    are tokenized here as sentencepiece does (``_sentencepiece_ids``), whatever the fast
+    tokenizer's ``legacy`` setting.
+
+    Args:
+        tokenizer: The checkpoint's tokenizer (fast), with ``image_token`` added.
+        prompt: The rendered prompt, image markers included.
+        image_token: The image marker in ``prompt``.
+        image_token_id: The placeholder id each marker expands to.
+        num_image_tokens: Placeholders per image.
+
+    Returns:
+        The prompt's ids, BOS first if the tokenizer adds one.
     """
-    pieces = [tokenizer(piece)["input_ids"] for piece in prompt.split(image_token)]
+    pieces = [_sentencepiece_ids(tokenizer, piece) for piece in prompt.split(image_token)]
     bos = tokenizer.bos_token_id
     drop = int(bos is not None and bool(pieces[0]) and pieces[0][0] == bos)
     ids = pieces[0][:1] if drop else []

@@ -1,14 +1,18 @@
-"""A synthetic visual-QA dataset (one coloured shape per image) in LLaVA's file formats.
+"""A synthetic visual-QA dataset (coloured shapes on a background) in LLaVA's file formats.
 
 Every answer depends on the image, so a model that scores well on the held-out split must
-have learned to read its vision features. Writes, under ``OUT_DIR``::
+have learned to read its vision features. Each image shows 1-4 copies of one shape in one
+colour, each in its own grid cell (:mod:`mllm.demo.scenes` draws them). Writes, under
+``OUT_DIR``::
 
     images/{align,instruct,test}/NNNNNN.png   image paths in the JSON are relative to images/
     align.json          stage 1, LLaVA pretraining format (template ``plain``): image + caption
     instruct.json       stage 2, multi-turn short-answer dialogues (``vicuna_v1``), ~10% text-only
     test/questions.jsonl, test/answers.jsonl   LLaVA eval format, one question per category
 
-CPU-sized command::
+Variants: ``basic`` (flat gray, 2x2 quadrants, 4 shapes, 64 px) and ``hard`` (gradient and
+noise backgrounds, 3x3 cells, 6 shapes, 48 px). Images need not match the vision tower's size:
+the image processor resizes them (the demo tower sees 32 px). CPU-sized command::
 
     python -m mllm.demo.shapes demo_data/ --num-align 2000 --num-instruct 2000 --num-test 100
 """
@@ -22,28 +26,51 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from mllm.demo.scenes import (
+    COLOURS,
+    HARD_SHAPES,
+    QUADRANTS,
+    SHAPES,
+    VARIANTS,
+    Scene,
+    get_variant,
+    render,
+    sample_scene,
+)
 
-# Saturated colours far from each other and from any gray (the background is gray).
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 180, 50),
-    "blue": (40, 80, 235),
-    "yellow": (240, 225, 40),
-    "purple": (150, 50, 210),
-    "orange": (250, 135, 20),
-}
-SHAPES = ("circle", "square", "triangle", "cross")
-QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
-BACKGROUND_GRAY = (30, 130)  # inclusive range of the flat background level
-# Shape side as a fraction of the image side (a quadrant is 0.5). At 0.22-0.34 a random
-# patch-8 ViT learned shape poorly (~60% held-out) while colour and position were ~100%.
-SIZE_RANGE = (0.34, 0.44)
+__all__ = [
+    "CAPTION_PROMPTS",
+    "COLOURS",
+    "HARD_SHAPES",
+    "QUADRANTS",
+    "QUESTIONS",
+    "SHAPES",
+    "SHORT_ANSWER",
+    "VARIANTS",
+    "Scene",
+    "ShapesDataset",
+    "applicable_categories",
+    "main",
+    "make_shapes_dataset",
+    "render",
+    "sample_scene",
+]
+
 SHORT_ANSWER = "Answer the question using a single word or phrase."
+# Phrasings fit one shape or several and any grid (no "corner"); the first is the test's.
 QUESTIONS: dict[str, tuple[str, ...]] = {
-    "color": ("What color is the shape?", "What is the color of the shape?", "Which color is it?"),
+    "color": ("What color is the shape?", "What is the color of the shapes?", "Which color is it?"),
     "shape": ("What shape is in the image?", "What is the shape?", "Which shape is shown?"),
-    "position": ("Where is the shape?", "Where is the shape located?", "Which corner is it in?"),
+    "position": (
+        "Where is the shape?",
+        "Where is the shape located?",
+        "In which part of the image is the shape?",
+    ),
+    "count": (
+        "How many shapes are there?",
+        "How many shapes are in the image?",
+        "Count the shapes.",
+    ),
 }
 CAPTION_PROMPTS = (
     "Describe the image briefly.",
@@ -55,23 +82,12 @@ CAPTION_PROMPTS = (
 TEXT_ONLY_FRACTION = 0.1
 
 
-@dataclass(frozen=True)
-class Scene:
-    """What one image shows; the pixel-level parameters make each image reproducible."""
+def applicable_categories(scene: Scene) -> list[str]:
+    """Question categories that have one true short answer for ``scene``, in ``QUESTIONS`` order.
 
-    colour: str
-    shape: str
-    quadrant: str
-    center: tuple[int, int]
-    size: int
-    background: int
-
-    def answer(self, category: str) -> str:
-        return {"color": self.colour, "shape": self.shape, "position": self.quadrant}[category]
-
-    def caption(self) -> str:
-        article = "An" if self.colour[0] in "aeiou" else "A"
-        return f"{article} {self.colour} {self.shape} in the {self.quadrant}."
+    ``position`` needs a single shape; the copies share colour and shape, so those always apply.
+    """
+    return [c for c in QUESTIONS if c != "position" or scene.count == 1]
 
 
 @dataclass(frozen=True)
@@ -84,51 +100,6 @@ class ShapesDataset:
     instruct_json: Path
     questions: Path
     answers: Path
-
-
-def sample_scene(rng: random.Random, image_size: int) -> Scene:
-    """Draw a random scene whose shape lies entirely inside its quadrant."""
-    half = image_size // 2
-    size = rng.randint(round(SIZE_RANGE[0] * image_size), round(SIZE_RANGE[1] * image_size))
-    quadrant = rng.choice(QUADRANTS)
-    x0 = half if quadrant.endswith("right") else 0
-    y0 = half if quadrant.startswith("bottom") else 0
-    lo, hi = size // 2 + 1, half - (size - size // 2) - 1
-    center = (x0 + rng.randint(lo, hi), y0 + rng.randint(lo, hi))
-    return Scene(
-        colour=rng.choice(list(COLOURS)),
-        shape=rng.choice(SHAPES),
-        quadrant=quadrant,
-        center=center,
-        size=size,
-        background=rng.randint(*BACKGROUND_GRAY),
-    )
-
-
-def render(scene: Scene, image_size: int) -> Image.Image:
-    """Draw ``scene`` on a flat gray RGB canvas (no anti-aliasing: two colours only)."""
-    gray = scene.background
-    image = Image.new("RGB", (image_size, image_size), (gray, gray, gray))
-    draw = ImageDraw.Draw(image)
-    fill = COLOURS[scene.colour]
-    cx, cy = scene.center
-    left, top = cx - scene.size // 2, cy - scene.size // 2
-    right, bottom = left + scene.size - 1, top + scene.size - 1
-    if scene.shape == "circle":
-        draw.ellipse((left, top, right, bottom), fill=fill)
-    elif scene.shape == "square":
-        draw.rectangle((left, top, right, bottom), fill=fill)
-    elif scene.shape == "triangle":
-        draw.polygon([(cx, top), (right, bottom), (left, bottom)], fill=fill)
-    elif scene.shape == "cross":
-        bar = max(2, scene.size // 4)  # thin bars: a thick cross reads like a circle at patch 8
-        a = left + (scene.size - bar) // 2
-        draw.rectangle((a, top, a + bar - 1, bottom), fill=fill)
-        a = top + (scene.size - bar) // 2
-        draw.rectangle((left, a, right, a + bar - 1), fill=fill)
-    else:
-        raise ValueError(f"unknown shape {scene.shape!r}; choose from {SHAPES}")
-    return image
 
 
 def _question(rng: random.Random, category: str) -> str:
@@ -147,7 +118,8 @@ def _align_record(rng: random.Random, index: int, image: str, scene: Scene) -> d
 
 
 def _instruct_record(rng: random.Random, index: int, image: str, scene: Scene) -> dict:
-    categories = rng.sample(list(QUESTIONS), rng.randint(1, len(QUESTIONS)))
+    applicable = applicable_categories(scene)
+    categories = rng.sample(applicable, rng.randint(1, len(applicable)))
     conversations = []
     for turn, category in enumerate(categories):
         prefix = "<image>\n" if turn == 0 else ""
@@ -187,8 +159,9 @@ def make_shapes_dataset(
     num_align: int,
     num_instruct: int,
     num_test: int,
-    image_size: int = 64,
+    image_size: int | None = None,
     seed: int = 0,
+    variant: str = "basic",
 ) -> ShapesDataset:
     """Write the shapes dataset; the same arguments always give the same bytes.
 
@@ -196,20 +169,29 @@ def make_shapes_dataset(
         out_dir: Folder to write (existing files of the same names are overwritten).
         num_align: Stage-1 image-caption samples, one image each.
         num_instruct: Stage-2 samples; about 10% are text-only, the rest have one image
-            with 1-3 question turns.
-        num_test: Held-out images; each gives three questions (color, shape, position).
-        image_size: Square image side in pixels (at least 32).
+            with one question turn per category, 1 to all applicable ones.
+        num_test: Held-out images; each gives one question per applicable category (color,
+            shape, count, and position when it shows a single shape).
+        image_size: Square image side in pixels; ``None`` takes the variant's default (basic
+            64, hard 48). Any size from 16 px per grid cell up works: the image processor
+            resizes to the vision tower's input.
         seed: Seeds the training splits; the test split uses a derived seed and its images
             are checked to differ from every training image.
+        variant: ``"basic"`` or ``"hard"`` (see :data:`mllm.demo.scenes.VARIANTS`).
 
     Returns:
         The paths of the written files.
 
     Raises:
-        ValueError: for an image smaller than 32 pixels or a negative count.
+        ValueError: for an unknown variant, an image too small for its grid or a negative count.
     """
-    if image_size < 32:
-        raise ValueError(f"image_size={image_size} is too small to draw shapes; use >= 32")
+    spec = get_variant(variant)
+    image_size = spec.default_image_size if image_size is None else image_size
+    if image_size < spec.min_image_size:
+        raise ValueError(
+            f"image_size={image_size} is too small to draw {variant!r} shapes; "
+            f"use >= {spec.min_image_size}"
+        )
     if min(num_align, num_instruct, num_test) < 0:
         raise ValueError("num_align, num_instruct and num_test must be >= 0")
     out_dir = Path(out_dir)
@@ -219,6 +201,11 @@ def make_shapes_dataset(
     (out_dir / "test").mkdir(exist_ok=True)
     seen: set[Scene] = set()
 
+    def new_scene(rng: random.Random) -> Scene:
+        scene = sample_scene(rng, image_size, variant)
+        seen.add(scene)
+        return scene
+
     def save(split: str, index: int, scene: Scene) -> str:
         relative = f"{split}/{index:06d}.png"
         render(scene, image_size).save(images / relative)
@@ -227,8 +214,7 @@ def make_shapes_dataset(
     rng = random.Random(seed)
     align = []
     for index in range(num_align):
-        scene = sample_scene(rng, image_size)
-        seen.add(scene)
+        scene = new_scene(rng)
         align.append(_align_record(rng, index, save("align", index, scene), scene))
 
     text_only = set(rng.sample(range(num_instruct), round(TEXT_ONLY_FRACTION * num_instruct)))
@@ -237,19 +223,18 @@ def make_shapes_dataset(
         if index in text_only:
             instruct.append(_text_only_record(rng, index))
             continue
-        scene = sample_scene(rng, image_size)
-        seen.add(scene)
+        scene = new_scene(rng)
         instruct.append(_instruct_record(rng, index, save("instruct", index, scene), scene))
 
     test_rng = random.Random(f"shapes-test-{seed}")
     questions, answers = [], []
     for index in range(num_test):
-        scene = sample_scene(test_rng, image_size)
+        scene = sample_scene(test_rng, image_size, variant)
         while scene in seen:  # keep held-out images out of the training splits
-            scene = sample_scene(test_rng, image_size)
+            scene = sample_scene(test_rng, image_size, variant)
         seen.add(scene)
         image = save("test", index, scene)
-        for category in QUESTIONS:
+        for category in applicable_categories(scene):
             question_id = len(questions)
             text = f"{QUESTIONS[category][0]}\n{SHORT_ANSWER}"
             questions.append(
@@ -273,7 +258,7 @@ def make_shapes_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m mllm.demo.shapes OUT_DIR --num-align N ...``."""
+    """Command line: ``python -m mllm.demo.shapes OUT_DIR --num-align N ... --variant hard``."""
     parser = argparse.ArgumentParser(
         prog="mllm.demo.shapes", description="Write the synthetic shapes visual-QA dataset."
     )
@@ -281,9 +266,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-align", type=int, default=2000)
     parser.add_argument("--num-instruct", type=int, default=2000)
     parser.add_argument(
-        "--num-test", type=int, default=100, help="held-out images (3 questions each)"
+        "--num-test", type=int, default=100, help="held-out images (3 or 4 questions each)"
     )
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        default="basic",
+        help="basic: flat gray, 2x2 quadrants, 4 shapes; hard: gradient backgrounds, 3x3 "
+        "cells, 6 shapes",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="image side in pixels (default: basic 64, hard 48); the processor resizes",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     dataset = make_shapes_dataset(
@@ -293,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_test=args.num_test,
         image_size=args.image_size,
         seed=args.seed,
+        variant=args.variant,
     )
     for name, path in vars(dataset).items():
         print(f"{name}: {path}")

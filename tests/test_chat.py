@@ -41,6 +41,27 @@ def test_chat_prompt_answers_held_out_colour_questions(trained_shapes, capsys):
         assert capsys.readouterr().out == f"{question.answer}\n"  # the answer and nothing else
 
 
+def test_eval_scores_numbers_and_byte_fallback_words_whole(trained_shapes, tmp_path, capsys):
+    """ "3" starts with a lone '▁' and "Yellow" with '▁', '<0x59>': both come out whole."""
+    torch.set_num_threads(1)
+    questions, answers = tmp_path / "questions.jsonl", tmp_path / "answers.jsonl"
+    rows = [
+        {"question_id": i, "image": q.image.name, "text": q.text, "answer": q.answer}
+        for i, q in enumerate(trained_shapes.held_out)
+    ]
+    questions.write_text("".join(json.dumps({**r, "answer": None}) + "\n" for r in rows))
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    predictions = tmp_path / "predictions.jsonl"
+    args = ["eval", "--model", str(trained_shapes.checkpoint), "--questions", str(questions)]
+    args += ["--answers", str(answers), "--output", str(predictions), "--batch-size", "4"]
+    args += ["--image-folder", str(trained_shapes.held_out[0].image.parent)]
+    assert cli(args) == 0
+    texts = [json.loads(line)["text"] for line in predictions.read_text().splitlines()]
+    assert texts == [q.answer for q in trained_shapes.held_out]
+    assert any(text.isdigit() for text in texts)
+    assert f"accuracy: 100.0% ({len(rows)}/{len(rows)})" in capsys.readouterr().out
+
+
 def test_chat_prompt_as_a_command_prints_only_the_answer(trained_shapes):
     question = trained_shapes.held_out[0]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -66,8 +87,9 @@ def _run_chat(argv: list[str], lines: list[str]) -> tuple[int, str, str]:
 
 
 def test_interactive_chat_keeps_history_and_obeys_commands(trained_shapes):
-    first, second = trained_shapes.held_out[:2]
-    assert first.answer != second.answer
+    colour = [q for q in trained_shapes.held_out if "color" in q.text]
+    first = colour[0]
+    second = next(q for q in colour if q.answer != first.answer)
     question = first.text.replace("\n", " ")  # one line of input is one question
     lines = [
         question,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from trained_shapes import answer_targets
 from training_utils import run_train, write_recipe
 
 from mllm.config import load_recipe
@@ -67,12 +68,33 @@ def _mixed_requests(trained_shapes) -> list[GenerationRequest]:
 def test_the_trained_model_answers_and_stops_at_the_template_end(loaded, trained_shapes):
     requests = [_colour_request(q) for q in trained_shapes.held_out]
     completions = complete(loaded, requests, SamplingSettings(max_new_tokens=16))
+    # Numbers ("3": '▁', '3') and byte-fallback words ("Yellow": '▁', '<0x59>', ...) whole.
     assert [c.text for c in completions] == [q.answer for q in trained_shapes.held_out]
-    # Each answer ended at </s> (vicuna_v1's end), well before the budget: "red" + "</s>".
+    # Each answer ended at </s> (vicuna_v1's end), after exactly its training targets.
     assert {c.finish_reason for c in completions} == {"stop"}
-    assert all(c.completion_tokens == 2 for c in completions)
+    for question, completion in zip(trained_shapes.held_out, completions, strict=True):
+        targets = answer_targets(loaded, question, question.answer)
+        assert completion.completion_tokens == len(targets)
     short = complete(loaded, requests[:1], SamplingSettings(max_new_tokens=1))[0]
-    assert short.text == completions[0].text and short.finish_reason == "length"
+    assert short.finish_reason == "length"
+
+
+def test_the_first_generated_token_is_the_first_training_target(loaded, trained_shapes):
+    """The same labelling rule at inference: the prompt ends at "ASSISTANT:", and the token the
+    model writes first is the reply's first target -- for numbers a lone '▁'."""
+    tokenizer = loaded.built.tokenizer
+    questions = trained_shapes.held_out
+    prepared = _prepare(loaded, [_colour_request(q) for q in questions], SamplingSettings())
+    with torch.no_grad():
+        embeds = loaded.built.model.embed(prepared.input_ids, prepared.pixel_values)
+        logits = loaded.built.model.llm(
+            inputs_embeds=embeds, attention_mask=prepared.attention_mask
+        ).logits  # [batch, length, vocab]; prompts are left-padded, so the last is next
+    first = logits[:, -1].argmax(-1).tolist()
+    expected = [answer_targets(loaded, q, q.answer)[0] for q in questions]
+    assert first == expected
+    numbers = [token for q, token in zip(questions, first, strict=True) if q.answer.isdigit()]
+    assert numbers and set(tokenizer.convert_ids_to_tokens(numbers)) == {"▁"}
 
 
 @pytest.mark.parametrize("model", ["loaded", "untrained"])
@@ -139,7 +161,9 @@ def test_extra_stop_strings_cut_inside_a_token(loaded, trained_shapes):
     )
     (completion,) = completions
     assert completion.text == question.answer[0] and completion.finish_reason == "stop"
-    assert len(lengths) == completion.completion_tokens == 1  # no forward pass after the stop
+    # The stop string ends with the answer's last token ("</s>" excluded); no pass after it.
+    answer_tokens = len(answer_targets(loaded, question, question.answer)) - 1
+    assert len(lengths) == completion.completion_tokens == answer_tokens
 
 
 def test_each_new_token_is_one_forward_position_on_the_kv_cache(untrained, trained_shapes):

@@ -17,6 +17,7 @@ import openai
 import pytest
 import torch
 from PIL import Image
+from trained_shapes import answer_targets
 
 from mllm.inference import load_model
 from mllm.serve.openai_api import ServerLimits
@@ -67,7 +68,7 @@ def _messages(image_url: str, text: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def test_the_client_gets_correct_answers_plain_and_streamed(server, trained_shapes):
+def test_the_client_gets_correct_answers_plain_and_streamed(server, loaded, trained_shapes):
     client = _client(server)
     assert [m.id for m in client.models.list()] == [NAME]
     for question in trained_shapes.held_out[:4]:
@@ -76,7 +77,9 @@ def test_the_client_gets_correct_answers_plain_and_streamed(server, trained_shap
         choice = response.choices[0]
         assert choice.message.content == question.answer
         assert choice.finish_reason == "stop" and choice.message.role == "assistant"
-        assert response.usage.completion_tokens == 2  # the answer and </s>
+        # The answer's tokens and </s>: exactly what training labels for it.
+        targets = answer_targets(loaded, question, question.answer)
+        assert response.usage.completion_tokens == len(targets)
         chunks = list(
             client.chat.completions.create(
                 model=NAME,

@@ -1,9 +1,11 @@
-"""A tiny model trained on the colour questions of the shapes task, once per test session.
+"""A tiny model trained on the colour and count questions of the shapes task, once per session.
 
 Trained through the real ``scripts/train.py`` (one instruct stage, every part trained in full)
-on about 600 colour questions of ``mllm demo-data``; it then names the colour of held-out
-shapes (12/12 when this was written, ~60-75 s on 2 busy cores). Generation, chat and
-serving tests use it to check real answers rather than the output of random weights.
+on the colour and count questions of ``mllm demo-data``; it then names the colour and the
+number of held-out shapes. Its answers are what real tokenizers split badly: ``"3"`` is
+``'▁', '3'`` and ``"Yellow"`` is ``'▁', '<0x59>', ...`` in the tiny general-text tokenizer,
+so a model that answers them has learned to write the lone ``'▁'`` first. Generation, chat
+and serving tests use it to check real answers rather than the output of random weights.
 
 Set ``MLLM_TEST_TRAINED_SHAPES=DIR`` to train into DIR and reuse it in later sessions while
 developing (it retrains when the recipe changes). ``tests/conftest.py`` loads this module as a
@@ -21,10 +23,11 @@ from pathlib import Path
 import pytest
 from training_utils import run_train, tiny_recipe, write_recipe
 
-from mllm.demo.shapes import SHORT_ANSWER, make_shapes_dataset
+from mllm.data import IGNORE_INDEX, get_template, tokenize_conversation
+from mllm.demo.shapes import make_shapes_dataset
 from mllm.tiny import make_tiny_models
 
-COLOUR_QUESTION = f"What color is the shape?\n{SHORT_ANSWER}"
+CATEGORIES = ("color", "count")
 
 
 @dataclass(frozen=True)
@@ -34,21 +37,42 @@ class Question:
     answer: str
 
 
+def answer_targets(loaded, question: Question, answer: str) -> list[int]:
+    """The target ids training gives ``answer`` to ``question``: what generation must write.
+
+    ``loaded`` is a :class:`mllm.inference.LoadedModel` of the trained checkpoint.
+    """
+    conversation = [
+        {"from": "human", "value": f"<image>\n{question.text}"},
+        {"from": "gpt", "value": answer},
+    ]
+    sample = tokenize_conversation(
+        conversation,
+        get_template(loaded.template),
+        loaded.built.tokenizer,
+        image_token=loaded.built.image_token,
+        num_image_tokens=loaded.built.model.num_image_tokens,
+        max_length=4096,
+    )
+    return [label for label in sample.labels if label != IGNORE_INDEX]
+
+
 @dataclass(frozen=True)
 class TrainedShapes:
     checkpoint: Path  # RUN/instruct/final
     recipe: Path  # the recipe it was trained with (its untrained models: model.*.path)
     image_folder: Path
-    held_out: list[Question]  # colour questions on test images
+    held_out: list[Question]  # colour and count questions on test images
 
 
-def _colour_records(instruct_json: Path) -> list[dict]:
-    """Each instruct sample's colour question alone, as a one-exchange conversation."""
+def _question_records(instruct_json: Path) -> list[dict]:
+    """Each instruct sample's colour and count questions alone, as one-exchange conversations."""
     records = []
     for record in json.loads(instruct_json.read_text()):
         turns = record["conversations"]
         for human, gpt in zip(turns[::2], turns[1::2], strict=True):
-            if "image" in record and "color" in human["value"]:
+            question = human["value"].lower()
+            if "image" in record and ("color" in question or "how many" in question):
                 question = human["value"].removeprefix("<image>\n")
                 records.append(
                     {
@@ -69,18 +93,18 @@ def build_trained_shapes(root: Path) -> TrainedShapes:
         root / "models", image_size=32, patch_size=8, llm_hidden=32, vision_hidden=32
     )
     data = make_shapes_dataset(
-        root / "data", num_align=1, num_instruct=1000, num_test=12, image_size=32
+        root / "data", num_align=1, num_instruct=3000, num_test=12, image_size=32
     )
-    colour_json = root / "colour.json"
-    colour_json.write_text(json.dumps(_colour_records(data.instruct_json)))
+    questions_json = root / "questions.json"
+    questions_json.write_text(json.dumps(_question_records(data.instruct_json)))
     workspace = {**models, "images": data.image_folder, "align": data.align_json}
-    recipe = tiny_recipe({**workspace, "instruct": colour_json}, root / "run")
+    recipe = tiny_recipe({**workspace, "instruct": questions_json}, root / "run")
     instruct = recipe["stages"]["instruct"]
     del instruct["init_from"]
     instruct.update(
         train={"vision": "full", "projector": "full", "llm": "full"},
-        optim={"lr": 4e-3, "warmup_ratio": 0.0},
-        max_steps=350,
+        optim={"lr": 2e-3, "warmup_ratio": 0.05},
+        max_steps=1000,
         global_batch_size=16,
         micro_batch_size=16,
     )
@@ -96,9 +120,9 @@ def build_trained_shapes(root: Path) -> TrainedShapes:
         for line in data.answers.read_text().splitlines()
     }
     held_out = [
-        Question(data.image_folder / q["image"], COLOUR_QUESTION, answers[q["question_id"]])
+        Question(data.image_folder / q["image"], q["text"], answers[q["question_id"]])
         for q in map(json.loads, data.questions.read_text().splitlines())
-        if q["category"] == "color"
+        if q["category"] in CATEGORIES
     ]
     return TrainedShapes(checkpoint, recipe_path, data.image_folder, held_out)
 

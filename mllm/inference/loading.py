@@ -29,6 +29,7 @@ from mllm.inference.quantize import (
     load_quantized_checkpoint,
 )
 from mllm.models.builder import DTYPES, BuiltModel, build_model, special_tokens_for, stage_template
+from mllm.models.llm import configure_cpu_4bit_kernels
 from mllm.models.lora import add_adapters
 from mllm.training.checkpoint import (
     FORMAT,
@@ -180,8 +181,12 @@ def load_model(
                 f"{', '.join(given)} only apply to LLaVA and transformers Llava folders"
             )
         if quantize is None:
-            return load_checkpoint(folder, dtype=dtype, device=device)
-        return load_quantized_checkpoint(folder, quantize=quantize, dtype=dtype, device=device)
+            loaded = load_checkpoint(folder, dtype=dtype, device=device)
+        else:
+            loaded = load_quantized_checkpoint(
+                folder, quantize=quantize, dtype=dtype, device=device
+            )
+        return _for_inference(loaded)
     load_foreign = _foreign_loader()
     if load_foreign is None:
         raise CheckpointError(
@@ -189,12 +194,20 @@ def load_model(
             f"read LLaVA or transformers Llava folders{_checkpoints_inside(folder)}"
         )
     try:
-        return load_foreign(folder, dtype=dtype, device=device, quantize=quantize, **foreign)
+        loaded = load_foreign(folder, dtype=dtype, device=device, quantize=quantize, **foreign)
     except ValueError as exc:
         hint = _checkpoints_inside(folder)
         if hint:
             raise CheckpointError(f"{exc}{hint}") from exc
         raise
+    return _for_inference(loaded)
+
+
+def _for_inference(loaded: LoadedModel) -> LoadedModel:
+    """Nothing trains through a model loaded here: its 4-bit layers (a QLoRA run, or
+    ``quantize="4bit"``) may use bitsandbytes' CPU kernel where it fits them."""
+    configure_cpu_4bit_kernels(loaded.built.model, inference=True)
+    return loaded
 
 
 class ModelLoadError(Exception):

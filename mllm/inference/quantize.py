@@ -6,6 +6,9 @@ adapters merged; it is then written to a temporary folder and loaded back quanti
 transformers' own bitsandbytes integration. Peak memory is the unquantised model in CPU RAM;
 the accelerator only ever holds the quantised one. A QLoRA checkpoint asked for in 4-bit is
 loaded as it was trained (its 4-bit base and adapters), which is exactly the trained model.
+Like every 4-bit loader this leaves the layers on bitsandbytes' trainable CPU path;
+``load_model`` then lets those that fit use the AVX512-BF16 kernel
+(``mllm.models.llm.configure_cpu_4bit_kernels`` holds the rule).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM
 
-from mllm.models.llm import bitsandbytes_config
+from mllm.models.llm import bitsandbytes_config, disable_cpu_repacking
 from mllm.models.lora import merge_adapters
 from mllm.training.checkpoint import read_manifest
 
@@ -95,7 +98,7 @@ def load_quantized_llm(
         QuantizationUnavailableError: bitsandbytes refused to quantise on this machine.
     """
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        llm = AutoModelForCausalLM.from_pretrained(
             str(path),
             **llm_load_options(dtype, quantize, device),
             attn_implementation=attn_implementation,
@@ -104,6 +107,9 @@ def load_quantized_llm(
         raise QuantizationUnavailableError(
             f"bitsandbytes could not load the LLM in {quantize} on {device}: {exc}"
         ) from exc
+    # like every 4-bit loader: the trainable path; load_model picks the inference kernels
+    disable_cpu_repacking(llm)
+    return llm
 
 
 def load_quantized_checkpoint(

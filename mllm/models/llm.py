@@ -48,8 +48,8 @@ def load_llm(
         return AutoModelForCausalLM.from_pretrained(config.path, **kwargs, **attn)
 
     llm = load_with_attention(load, attn_implementation, f"model.llm.path {config.path}")
-    if quantize is not None:
-        disable_cpu_repacking(llm)
+    if quantize is not None:  # QLoRA trains through every 4-bit layer
+        configure_cpu_4bit_kernels(llm, inference=False)
     return llm
 
 
@@ -89,22 +89,79 @@ def bitsandbytes_config(
     raise ValueError(f"bitsandbytes mode {mode!r}; choose 4bit or 8bit")
 
 
-def disable_cpu_repacking(model: torch.nn.Module) -> int:
-    """Keep bitsandbytes from repacking 4-bit weights for AVX512-BF16 CPUs.
+# bitsandbytes' AVX512-BF16 kernel reads rows in tiles of this many (``block_n``).
+_CPU_PACK_ROWS = 32
 
-    On such CPUs (bitsandbytes 0.50) the first no-grad forward repacks each ``Linear4bit``'s
-    weights in place, after which LoRA gradients through that layer come out wrong or missing
-    without any error. Turning the fast path off keeps one weight layout for every forward.
+
+def configure_cpu_4bit_kernels(model: torch.nn.Module, *, inference: bool) -> int:
+    """Decide, per bitsandbytes ``Linear4bit`` of ``model``, whether it may use the repacked
+    AVX512-BF16 kernel on CPU; sets the library's ``support_avx512bf16_for_cpu`` switch.
+
+    With that switch on (bitsandbytes 0.50 turns it on wherever the CPU has AVX512-BF16), the
+    first eval-mode forward without gradients repacks the layer's weights in place; from then
+    on it multiplies through a bf16 kernel that has no backward. The rule, layer by layer:
+
+    - ``inference=False`` (the layer may be trained through: QLoRA, or a model whose use is not
+      known yet): off. After an evaluation or ``generate`` under ``no_grad`` the repacked layer
+      would pass no or wrong gradients to the adapters before it, without any error.
+    - ``inference=True``: on only if the CPU has AVX512-BF16
+      (``bitsandbytes.functional.has_avx512bf16``) and the packed layout fits the layer:
+      ``out_features`` a multiple of 32 (the kernel's row tile) and ``in_features`` a multiple
+      of the quantisation block (64 for mllm's NF4), so each row holds whole blocks. A narrower
+      layer (``in_features`` below the block) fails inside the repack (``shape '[32, 0]' is
+      invalid``); it keeps the dequantise-then-matmul path, which works on any CPU. The fast
+      kernel computes in bf16: outputs agree with that path to about 1%.
+
+    Call it right after loading, before any forward: a layer already repacked cannot be made
+    trainable again (bitsandbytes only restores the layout approximately).
+
+    Args:
+        model: any module; layers other than ``Linear4bit`` are left alone.
+        inference: whether nothing will ever train through these layers.
 
     Returns:
-        The number of 4-bit layers changed.
+        The number of 4-bit layers set.
+
+    Raises:
+        RuntimeError: ``inference`` is False but a layer was already repacked.
     """
-    count = 0
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-            count += 1
-    return count
+    if not any(hasattr(m, "support_avx512bf16_for_cpu") for m in model.modules()):
+        return 0  # nothing 4-bit: bitsandbytes need not even be imported
+    import bitsandbytes as bnb
+    from bitsandbytes import functional as bnb_functional
+
+    # not peft's adapter layer of the same name, which wraps one of these as ``base_layer``
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    cpu_has_kernel = inference and bool(bnb_functional.has_avx512bf16())
+    for layer in layers:
+        packed = getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+        if packed and not inference:
+            raise RuntimeError(
+                f"a 4-bit layer ({layer.out_features}x{layer.in_features}) was already repacked "
+                "for AVX512-BF16 inference and cannot be trained through; load the model again"
+            )
+        layer.support_avx512bf16_for_cpu = cpu_has_kernel and (packed or _fits_cpu_packing(layer))
+    repacked = sum(layer.support_avx512bf16_for_cpu for layer in layers)
+    logger.debug("%d of %d 4-bit layers may use the AVX512-BF16 kernel", repacked, len(layers))
+    return len(layers)
+
+
+def _fits_cpu_packing(layer: torch.nn.Module) -> bool:
+    """Whether bitsandbytes' CPU repack can lay out this ``Linear4bit``'s weights."""
+    state = layer.weight.quant_state  # None until the weights are quantised
+    rows, columns = state.shape if state is not None else (layer.out_features, layer.in_features)
+    blocksize = state.blocksize if state is not None else layer.weight.blocksize
+    return rows % _CPU_PACK_ROWS == 0 and columns >= blocksize and columns % blocksize == 0
+
+
+def disable_cpu_repacking(model: torch.nn.Module) -> int:
+    """Keep every 4-bit layer of ``model`` on the trainable path:
+    ``configure_cpu_4bit_kernels(model, inference=False)``.
+
+    Returns:
+        The number of 4-bit layers set.
+    """
+    return configure_cpu_4bit_kernels(model, inference=False)
 
 
 def load_tokenizer(

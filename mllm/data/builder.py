@@ -5,6 +5,7 @@ from __future__ import annotations
 from mllm.config.schema import DataConfig
 from mllm.data.collator import DataCollator
 from mllm.data.dataset import ConversationDataset
+from mllm.data.label_audit import check_pair
 from mllm.data.packing import PackingCollator
 from mllm.data.templates import get_template
 from mllm.models.builder import BuiltModel
@@ -16,7 +17,12 @@ def build_dataset(data: DataConfig, built: BuiltModel, template: str) -> Convers
     Bad records are handled by ``data.on_bad_record`` (see ``ConversationDataset``): records
     and image files are checked here, before the first step, so a ``fail`` run stops early.
     Every rank runs the same deterministic checks and so keeps the same samples.
+
+    Raises:
+        LabelRuleError: if the tokenizer/template pair would train replies wrong
+            (``label_audit.check_pair``), before any record is read.
     """
+    check_pair(built.tokenizer, get_template(template), image_token=built.image_token)
     dataset = ConversationDataset.from_files(
         data.path,
         template=get_template(template),

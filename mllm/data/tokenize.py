@@ -181,6 +181,7 @@ def tokenize_rendered(
     num_image_tokens: int,
     max_length: int,
     lengths_only: bool = False,
+    encodings: Mapping[str, Any] | None = None,
 ) -> list[TokenizedSample | DroppedSample]:
     """Tokenize texts from :func:`render_text` in one tokenizer call (parallel in Rust).
 
@@ -188,7 +189,9 @@ def tokenize_rendered(
     it directly with many samples to tokenize a whole data file quickly. The tokenizer must
     already have passed :func:`check_tokenizer`. ``lengths_only`` (for ``mllm data check``)
     makes the same decisions but returns samples with empty ``input_ids``/``labels``: only
-    ``full_length``, ``num_images`` and the drops are meaningful then.
+    ``full_length``, ``num_images`` and the drops are meaningful then. ``encodings`` is
+    :func:`encode_rendered`'s result for the same texts, for callers that also need the
+    offsets (the label audit) and should not tokenize twice.
 
     Raises:
         ValueError: if the tokenizer doubles BOS, or for non-positive sizes.
@@ -199,12 +202,8 @@ def tokenize_rendered(
         )
     if not rendered:
         return []
-    encodings = tokenizer(
-        [text for text, _ in rendered],
-        add_special_tokens=True,
-        return_offsets_mapping=True,
-        return_attention_mask=False,
-    )
+    if encodings is None:
+        encodings = encode_rendered(rendered, tokenizer)
     bos = tokenizer.bos_token_id
     samples: list[TokenizedSample | DroppedSample] = []
     for ids_list, offsets, (_, spans) in zip(
@@ -225,6 +224,18 @@ def tokenize_rendered(
         else:
             samples.append(fitted.materialize())
     return samples
+
+
+def encode_rendered(
+    rendered: Sequence[tuple[str, list[tuple[int, int]]]], tokenizer: PreTrainedTokenizerBase
+) -> Mapping[str, Any]:
+    """Token ids and character offsets of rendered texts, as training tokenizes them."""
+    return tokenizer(
+        [text for text, _ in rendered],
+        add_special_tokens=True,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+    )
 
 
 def _label_targets(

@@ -4,7 +4,10 @@ A finding names the file, the record (index and id, or the line for JSON syntax)
 and the reason. ``error`` findings make a record untrainable (the policy decides whether that
 stops training); ``warning`` findings do not (duplicate ids, samples cut at the tail, JPEG/PNG
 files without an end marker in header-only mode). File-level errors (a ``.json`` file that
-does not parse, a missing data file) stop training under either policy.
+does not parse, a missing data file) stop training under either policy, and so do label
+errors (:data:`LABEL_ERRORS`): training keeps those records and trains them wrong
+without a word, so no policy makes them harmless. A tokenizer/template pair that fails the
+probe is a stage-level error (``pair_probe``, file :data:`STAGE`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,19 @@ CHECK_KINDS: dict[str, str] = {
     "no_targets_left": "over max_length, and no answer token would remain",
     "no_targets": "no answer token to learn from",
     "truncated": "over max_length; the tail is cut in training (warning)",
+    "pair_probe": "the stage's tokenizer/template pair trains probe replies wrong (stage-level: "
+    "every record is affected)",
+    "first_token_untrained": "the first token the model must generate for a reply (right after "
+    "its generation prompt's tokens) is not a target: it never learns to start that reply",
+    "reply_untrained": "a reply has no target token: nothing of it is trained",
+    "prompt_not_prefix": "a reply's generation prompt is not a token prefix of the training "
+    "tokens: training conditions on tokens inference never feeds",
+    "reply_cut": "truncation at max_length removes a whole reply (warning)",
 }
+#: Label kinds (``label_audit``) that make training silently wrong, whatever the policy.
+LABEL_ERRORS = frozenset({"first_token_untrained", "reply_untrained", "prompt_not_prefix"})
+#: ``Finding.file`` of stage-level findings (the tokenizer/template pair).
+STAGE = "<stage>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +67,8 @@ class Finding:
     image: str | None = None  # the record's image path, for image problems
 
     def where(self) -> str:
+        if self.file == STAGE:
+            return "stage"
         if self.index is None:
             return self.file
         return f"{self.file}: record {self.index} (id {self.id!r})"
@@ -76,6 +93,7 @@ class CheckReport:
     images_checked: int = 0
     image_modes: Counter = field(default_factory=Counter)
     lengths: list[int] = field(default_factory=list)  # tokens before truncation
+    replies: int = 0  # gpt replies whose labels were audited
     max_length: int | None = None
     settings: str = ""  # template, tokens per image: what the lengths were measured with
     findings: list[Finding] = field(default_factory=list)
@@ -97,10 +115,15 @@ class CheckReport:
         return sum(1 for f in self.findings if f.severity == "error" and f.index is None)
 
     @property
+    def label_errors(self) -> int:
+        """Replies whose labels would train wrong (each one a finding)."""
+        return sum(1 for f in self.findings if f.kind in LABEL_ERRORS)
+
+    @property
     def fatal(self) -> bool:
-        """Whether training with this data would stop: errors under ``fail``, a file that
-        cannot be read under either policy, or nothing left to train on."""
-        if self.file_errors:
+        """Whether the check fails: errors under ``fail``, a file that cannot be read, a
+        failed pair probe or a label error under either policy, or nothing left to train on."""
+        if self.file_errors or self.label_errors:
             return True
         if self.policy == "fail":
             return self.bad_records > 0
@@ -112,6 +135,20 @@ class CheckReport:
         for finding in self.findings:
             result[finding.severity][finding.kind] += 1
         return {severity: dict(counter.most_common()) for severity, counter in result.items()}
+
+    def label_summary(self) -> dict[str, int | float]:
+        """Audited replies and how many have each label problem (first token not a target
+        counts the replies with no target too)."""
+        counts = Counter(f.kind for f in self.findings)
+        first = counts["first_token_untrained"] + counts["reply_untrained"]
+        return {
+            "replies": self.replies,
+            "first_token_not_target": first,
+            "first_token_not_target_share": first / self.replies if self.replies else 0.0,
+            "no_target": counts["reply_untrained"],
+            "prompt_not_prefix": counts["prompt_not_prefix"],
+            "cut_by_truncation": counts["reply_cut"],
+        }
 
     def histogram(self) -> list[tuple[str, int]]:
         """Counts of token lengths in ``(low, high]`` buckets: powers of two from 32, split at
@@ -162,6 +199,7 @@ class CheckReport:
                 "max": lengths[-1] if lengths else None,
                 "histogram": dict(self.histogram()),
             },
+            "labels": self.label_summary(),
             "notes": self.notes,
             "findings": [asdict(finding) for finding in self.findings],
         }
@@ -208,8 +246,24 @@ class CheckReport:
             widest = max(count for _, count in self.histogram()) or 1
             for label, count in self.histogram():
                 out.append(f"  {label:>20} {count:>9} {'#' * math.ceil(40 * count / widest)}")
+        if self.replies:
+            labels = self.label_summary()
+            out.append(
+                f"labels: {labels['replies']} replies; first token not a target: "
+                f"{labels['first_token_not_target']} ({labels['first_token_not_target_share']:.2%})"
+                f", no target: {labels['no_target']}, prompt not a token prefix: "
+                f"{labels['prompt_not_prefix']}, cut away by truncation: "
+                f"{labels['cut_by_truncation']}"
+            )
         out.extend(f"note: {note}" for note in self.notes)
-        if self.fatal:
+        if any(f.kind == "pair_probe" for f in self.findings):
+            out.append("FAIL: training would stop: the tokenizer/template pair fails the probe")
+        elif self.label_errors:
+            out.append(
+                f"FAIL: {self.label_errors} replies would be trained wrong (label errors fail "
+                "under either on_bad_record policy)"
+            )
+        elif self.fatal:
             out.append("FAIL: training would stop")
         elif self.bad_records:
             out.append(f"OK: training would skip {self.bad_records} records")

@@ -2,9 +2,11 @@
 
 Three passes over one data set: the records' structure (``validate.check_record``, the same
 checks ``ConversationDataset`` applies), the image files (``image_check``, parallel), and,
-given a tokenizer, the token lengths (``tokenize_rendered``, batched, the same drop and
-truncation rules as training). Records are read whole first; nothing is tokenized one record
-at a time.
+given a tokenizer, the token lengths and labels (``label_audit.audit_rendered``: training's
+``tokenize_rendered``, batched, with its drop and truncation rules, then every reply's first
+token to generate). Given a tokenizer, the tokenizer/template pair is probed first
+(``label_audit.probe_pair``). Records are read whole first; nothing is tokenized one record at
+a time.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from mllm.data.images import DEFAULT_MAX_PIXELS
+from mllm.data.label_audit import AuditedSample, audit_rendered, pair_message, probe_pair
 from mllm.data.preflight.image_check import ImageResult, inspect_all, locate
-from mllm.data.preflight.report import CheckReport, Finding
+from mllm.data.preflight.report import LABEL_ERRORS, STAGE, CheckReport, Finding
 from mllm.data.records import DataError, read_records
 from mllm.data.templates import DEFAULT_IMAGE_TOKEN, Template
-from mllm.data.tokenize import DroppedSample, check_tokenizer, tokenize_rendered
-from mllm.data.validate import CheckedRecord, check_record
+from mllm.data.tokenize import DroppedSample, TokenizedSample, check_tokenizer
+from mllm.data.validate import CheckedRecord, check_record, place_image_markers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -74,7 +77,7 @@ def check_data(
         image_token: the image marker.
         template: render each record with it (requires nothing else); ``None`` checks the
             structure only.
-        tokens: measure token lengths (needs ``template``).
+        tokens: measure token lengths and audit labels (needs ``template``).
         check_images: check the image files.
         decode_images: decode every image (finds all truncated/corrupt files; slower).
         workers: processes for the image pass.
@@ -98,8 +101,10 @@ def check_data(
     if tokens is not None:
         report.max_length = tokens.max_length
         report.settings += f", max_length {tokens.max_length}, {tokens.image_tokens} tokens/image"
+        _probe(report, template, tokens, image_token)  # type: ignore[arg-type]  # checked above
     valid: list[tuple[_Ref, CheckedRecord]] = []
     seen_ids: dict[Hashable, _Ref] = {}
+    turns: dict[tuple[str, int], list[Any]] = {}  # as rendered, for the label audit
     for path in report.files:
         try:
             records = read_records(path, keep_invalid=True)
@@ -118,6 +123,10 @@ def check_data(
                 continue
             _duplicate_id(ref, seen_ids, report)
             images = len(checked.images)
+            if tokens is not None:
+                turns[path, index] = place_image_markers(
+                    record["conversations"], images, image_token
+                )
             report.text_only += images == 0
             report.single_image += images == 1
             report.multi_image += images > 1
@@ -130,9 +139,9 @@ def check_data(
             "no image folder: image paths are used as given and not confined (give --images)"
         )
     if tokens is not None:
-        _check_lengths(valid, report, image_token, template, tokens)
+        _check_tokens(valid, turns, report, image_token, template, tokens)
     order = {path: position for position, path in enumerate(report.files)}
-    report.findings.sort(key=lambda f: (order[f.file], -1 if f.index is None else f.index))
+    report.findings.sort(key=lambda f: (order.get(f.file, -1), -1 if f.index is None else f.index))
     return report
 
 
@@ -201,41 +210,80 @@ def _attach(result: ImageResult, refs: list[tuple[_Ref, str]], report: CheckRepo
         report.findings.append(_finding(ref, result.kind, severity, result.reason, image=path))
 
 
-def _check_lengths(
+def _probe(
+    report: CheckReport, template: Template, tokens: TokenSettings, image_token: str
+) -> None:
+    """One stage-level error per problem kind when the probe replies would train wrong."""
+    problems = probe_pair(tokens.tokenizer, template, image_token=image_token)
+    for kind in dict.fromkeys(problem.problem.kind for problem in problems):
+        of_kind = [problem for problem in problems if problem.problem.kind == kind]
+        message = pair_message(of_kind, template, tokens.tokenizer)
+        report.findings.append(Finding(STAGE, None, None, "pair_probe", "error", message))
+
+
+def _check_tokens(
     valid: list[tuple[_Ref, CheckedRecord]],
+    turns: dict[tuple[str, int], list[Any]],
     report: CheckReport,
     image_token: str,
     template: Template | None,
     tokens: TokenSettings,
 ) -> None:
-    """Tokenize every valid record in large batches, as training does at construction."""
+    """Tokenize every valid record in large batches, as training does at construction, and
+    audit the labels of every reply."""
     assert template is not None
     image_id = check_tokenizer(tokens.tokenizer, template, image_token=image_token)
     for first in range(0, len(valid), _CHUNK):
         chunk = valid[first : first + _CHUNK]
-        rendered = [checked.rendered for _, checked in chunk]
-        samples = tokenize_rendered(
-            rendered,  # type: ignore[arg-type]  # rendered: a template was given
+        conversations = [turns[ref.file, ref.index] for ref, _ in chunk]
+        audited = audit_rendered(
+            conversations,
+            [checked.rendered for _, checked in chunk],  # type: ignore[misc]  # with a template
+            template,
             tokens.tokenizer,
+            image_token=image_token,
             image_token_id=image_id,
             num_image_tokens=tokens.image_tokens,
             max_length=tokens.max_length,
-            lengths_only=True,
         )
-        for (ref, _), sample in zip(chunk, samples, strict=True):
-            report.lengths.append(sample.full_length)
-            if isinstance(sample, DroppedSample):
-                over = sample.full_length - tokens.max_length
-                reason = sample.reason + (f" (over by {over})" if over > 0 else "")
-                report.findings.append(_finding(ref, sample.kind, "error", reason))
-            elif sample.full_length > tokens.max_length:
-                over = sample.full_length - tokens.max_length
-                report.findings.append(
-                    _finding(
-                        ref,
-                        "truncated",
-                        "warning",
-                        f"{sample.full_length} tokens > max_length {tokens.max_length} by "
-                        f"{over}; training cuts the tail",
-                    )
-                )
+        for (ref, _), conversation, result in zip(chunk, conversations, audited, strict=True):
+            _length_findings(ref, result.sample, report, tokens.max_length)
+            _label_findings(ref, result, conversation, report)
+
+
+def _length_findings(
+    ref: _Ref, sample: TokenizedSample | DroppedSample, report: CheckReport, max_length: int
+) -> None:
+    report.lengths.append(sample.full_length)
+    over = sample.full_length - max_length
+    if isinstance(sample, DroppedSample):
+        reason = sample.reason + (f" (over by {over})" if over > 0 else "")
+        report.findings.append(_finding(ref, sample.kind, "error", reason))
+    elif over > 0:
+        report.findings.append(
+            _finding(
+                ref,
+                "truncated",
+                "warning",
+                f"{sample.full_length} tokens > max_length {max_length} by {over}; training "
+                "cuts the tail",
+            )
+        )
+
+
+def _label_findings(
+    ref: _Ref, result: AuditedSample, conversation: list[Any], report: CheckReport
+) -> None:
+    report.replies += result.replies
+    if not result.problems:
+        return
+    gpt_turns = [
+        index
+        for index, turn in enumerate(conversation)
+        if turn["from"].lower() in ("gpt", "assistant")
+    ]
+    for problem in result.problems:
+        turn = gpt_turns[problem.reply] if problem.reply < len(gpt_turns) else "?"
+        severity = "error" if problem.kind in LABEL_ERRORS else "warning"
+        reason = f"reply {problem.reply + 1} (conversations[{turn}]): {problem.describe()}"
+        report.findings.append(_finding(ref, problem.kind, severity, reason))

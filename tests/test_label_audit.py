@@ -189,15 +189,19 @@ def data_file(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("policy", ["fail", "skip"])
 def test_label_errors_fail_the_check_under_either_policy(tokenizer, data_file, policy) -> None:
     tokens = TokenSettings(tokenizer, IMAGE_TOKENS, MAX_LENGTH)
-    good = check_data(
-        [data_file],
-        name="data",
-        image_folder=None,
-        template=VICUNA,
-        tokens=tokens,
-        policy=policy,
-        check_images=False,
-    )
+
+    def check(template):
+        return check_data(
+            [data_file],
+            name="data",
+            image_folder=None,
+            template=template,
+            tokens=tokens,
+            policy=policy,
+            check_images=False,
+        )
+
+    good = check(VICUNA)
     assert [f.kind for f in good.findings] == ["truncated", "reply_cut"] and not good.fatal
     assert good.label_summary() == {
         "replies": 15,
@@ -207,15 +211,7 @@ def test_label_errors_fail_the_check_under_either_policy(tokenizer, data_file, p
         "prompt_not_prefix": 0,
         "cut_by_truncation": 1,
     }
-    bad = check_data(
-        [data_file],
-        name="data",
-        image_folder=None,
-        template=OLD_RULE,
-        tokens=tokens,
-        policy=policy,
-        check_images=False,
-    )
+    bad = check(OLD_RULE)
     assert bad.fatal and bad.findings[0].kind == "pair_probe" and bad.findings[0].index is None
     summary = bad.label_summary()
     assert summary["first_token_not_target"] == bad.label_errors >= 8

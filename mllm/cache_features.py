@@ -65,6 +65,7 @@ def cache_stage_features(recipe, stage_name: str, batch_size: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from mllm.config import RecipeError, load_recipe
+    from mllm.config.checks import check_data_paths
     from mllm.data.feature_cache import BUILD_BATCH_SIZE, FeatureCacheError
 
     parser = argparse.ArgumentParser(
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if not stages:
         print(f"{args.recipe}: no stage sets data.feature_cache", file=sys.stderr)
         return 2
+    problems = check_data_paths(recipe, stages)
+    if problems:  # before any model is built
+        raise RecipeError(args.recipe, problems)
     for name in stages:
         try:
             cache_stage_features(recipe, name, args.batch_size)

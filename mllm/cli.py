@@ -1,4 +1,8 @@
-"""The ``mllm`` command line: one sub-command per task, each a thin call into the package."""
+"""The ``mllm`` command line: one sub-command per task, each a thin call into the package.
+
+A user error ends any sub-command with one message and exit status 2 (1 for bad data), no
+traceback; ``mllm ... --debug`` shows it (``mllm.errors``).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,13 @@ import argparse
 import logging
 import sys
 
+from mllm.errors import DEBUG_FLAG, run_command
+
 
 def _recipe_check(args: argparse.Namespace) -> int:
-    from mllm.config import RecipeError, dump_recipe, load_recipe
+    from mllm.config import dump_recipe, load_recipe
 
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(dump_recipe(recipe), end="")
+    print(dump_recipe(load_recipe(args.recipe, args.overrides)), end="")
     return 0
 
 
@@ -112,6 +113,9 @@ DELEGATED = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mllm", description="Train and use multimodal LLMs.")
+    parser.add_argument(
+        DEBUG_FLAG, action="store_true", help="show the traceback of a user error (any command)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     recipe = commands.add_parser("recipe", help="work with recipe files")
@@ -129,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if arg != DEBUG_FLAG), "")
+    prog = f"mllm {command}" if command in DELEGATED or command == "recipe" else "mllm"
+    return run_command(_dispatch, argv, prog)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
         return DELEGATED[argv[0]][0](argv[1:])
     args = build_parser().parse_args(argv)

@@ -3,18 +3,23 @@
 GPUs:   deepspeed scripts/train.py recipes/llava_v1_5.yaml
 CPU:    mllm make-tiny tiny_models && mllm demo-data demo_data
         python scripts/train.py recipes/tiny/shapes_mlp.yaml --stage align stages.align.max_steps=5
-Options: --stage NAME (default: every stage in order), --resume, key.sub=value overrides.
+Options: --stage NAME (default: every stage in order), --resume, key.sub=value overrides,
+--debug (a traceback with a user error's message).
+Exit status: 0 done, 2 a recipe/override/path to fix (said before anything heavy starts),
+1 bad data under on_bad_record: fail; see mllm/errors.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from mllm.config import load_recipe
-from mllm.config.checks import check_environment
+from mllm.config import RecipeConfig, RecipeError, load_recipe
+from mllm.config.checks import check_data_paths, check_environment
 from mllm.data.builder import build_collator, build_dataset
+from mllm.errors import UsageError, run_command
 from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
 from mllm.models.lora import lora_settings
 from mllm.training.deepspeed_config import build_deepspeed_config
@@ -42,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     parser.add_argument("--stage", action="append", help="stage(s) to run; default: all, in order")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     parser.add_argument(
         "--local_rank", type=int, default=None, help=argparse.SUPPRESS
     )  # deepspeed launcher
@@ -91,30 +97,47 @@ def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
     trainer.save_final(metrics)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    runtime = init_distributed()
-    logging.basicConfig(
-        level=logging.INFO if runtime.is_main else logging.WARNING,
-        format=f"%(asctime)s [rank {runtime.rank}] %(name)s: %(message)s",
-    )
+def check_run(args: argparse.Namespace) -> tuple[RecipeConfig, list[str]]:
+    """Everything a user can get wrong, checked before anything heavy starts (process group,
+    DeepSpeed, models): the recipe and overrides, the stage names, data paths, this machine.
+
+    Raises:
+        RecipeError: the recipe, an override or a path it names.
+        UsageError: an unknown stage, or a stage this machine cannot run.
+    """
     recipe = load_recipe(args.recipe, args.overrides)
     stages = args.stage or list(recipe.stages)
     for stage_name in stages:
         if stage_name not in recipe.stages:
-            raise SystemExit(
+            raise UsageError(
                 f"{args.recipe}: no stage {stage_name!r}; stages: {list(recipe.stages)}"
             )
+    problems = check_data_paths(recipe, stages)
+    if problems:
+        raise RecipeError(args.recipe, problems)
     problems = check_environment(recipe, stages)  # before any stage: never stop between them
     if problems:
-        raise SystemExit(f"{args.recipe}: cannot run here:\n  " + "\n  ".join(problems))
+        raise UsageError(f"{args.recipe}: cannot run here:\n  " + "\n  ".join(problems))
+    return recipe, stages
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank = os.environ.get("RANK", "0")  # the launcher's; the process group comes later
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
+    )
+    recipe, stages = check_run(args)
+    runtime = init_distributed()
     for stage_name in stages:
         try:
             train_stage(recipe, stage_name, runtime, resume=args.resume)
         except TrainingInterrupted as stop:
             logging.getLogger("mllm.train").warning("%s", stop)
-            sys.exit(stop.exit_code)
+            return stop.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, prog="train.py"))

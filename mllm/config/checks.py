@@ -184,6 +184,29 @@ def check_environment(recipe: RecipeConfig, stages: list[str]) -> list[str]:
     return problems
 
 
+def check_data_paths(recipe: RecipeConfig, stages: list[str]) -> list[tuple[str, str]]:
+    """The files ``stages`` read that must exist before the run starts: data files, image
+    folders and explicit ``init_from`` folders (``stage:NAME`` ones are written by the run).
+
+    Returns:
+        ``(dotted key, reason)`` for each missing path.
+    """
+    problems: list[tuple[str, str]] = []
+    for name in stages:
+        stage, key = recipe.stages[name], f"stages.{name}"
+        for index, path in enumerate(stage.data.path):
+            if not Path(path).is_file():
+                where = f"{key}.data.path" + (f"[{index}]" if len(stage.data.path) > 1 else "")
+                problems.append((where, f"{path}: no such file"))
+        folder = stage.data.image_folder
+        if folder is not None and not Path(folder).is_dir():
+            problems.append((f"{key}.data.image_folder", f"{folder}: no such folder"))
+        init_from = stage.init_from
+        if init_from and not init_from.startswith(STAGE_REFERENCE) and not Path(init_from).is_dir():
+            problems.append((f"{key}.init_from", f"{init_from}: no such folder"))
+    return problems
+
+
 def qlora_unavailable_reason() -> str | None:
     """Why 4-bit NF4 training cannot run on this machine, or None when it can.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from mllm.training.checkpoint import (
     load_weights,
     read_manifest,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -207,6 +210,10 @@ def _for_inference(loaded: LoadedModel) -> LoadedModel:
     """Nothing trains through a model loaded here: its 4-bit layers (a QLoRA run, or
     ``quantize="4bit"``) may use bitsandbytes' CPU kernel where it fits them."""
     configure_cpu_4bit_kernels(loaded.built.model, inference=True)
+    tower_weight = next(loaded.built.model.vision.parameters())
+    logger.info(
+        "device: %s (%s)", tower_weight.device, str(tower_weight.dtype).removeprefix("torch.")
+    )
     return loaded
 
 

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mllm.config import RecipeConfig, validate_recipe
 from mllm.inference.loading import LoadedModel
 from mllm.interop.detect import ForeignFormatError
-from mllm.models.builder import RESIZE_SEED, BuiltModel, special_tokens_for, stage_template
+from mllm.models.builder import BuiltModel, grow_embeddings, special_tokens_for, stage_template
 from mllm.models.llm import load_tokenizer
 from mllm.models.multimodal import MultimodalModel
 from mllm.models.registry import PROJECTORS
@@ -89,10 +89,7 @@ def assemble(
     Raises:
         ForeignFormatError: the projector tensors do not fit the projector the config names.
     """
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RESIZE_SEED)
-            llm.resize_token_embeddings(len(tokenizer))
+    grow_embeddings(llm, len(tokenizer))
     llm.config.pad_token_id = tokenizer.pad_token_id
     settings = recipe.model.projector
     projector = (

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mllm.config.schema import LoraConfig, ModelConfig, RecipeConfig, StageConfig
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
@@ -50,6 +50,48 @@ def special_tokens_for(recipe: RecipeConfig) -> list[str]:
 RESIZE_SEED = 0
 
 
+def grow_embeddings(llm: PreTrainedModel, num_tokens: int) -> int:
+    """Give the LLM's input and output embeddings a row for each token the tokenizer gained.
+
+    New rows are drawn as transformers' ``mean_resizing`` draws them (a normal around the mean
+    of the existing rows, with their covariance scaled by 1e-9), from ``RESIZE_SEED``; logged
+    once, here. transformers announces ``mean_resizing`` with a warning per matrix even when it
+    is asked for explicitly, so its modeling logger is held at errors for this one call.
+
+    Args:
+        llm: the language model, resized in place.
+        num_tokens: the tokenizer's length.
+
+    Returns:
+        The number of rows added (0 when the embeddings are large enough already).
+    """
+    before = llm.get_input_embeddings().num_embeddings
+    if num_tokens <= before:
+        return 0
+    notices = logging.getLogger("transformers.modeling_utils")
+    level = notices.level
+    notices.setLevel(logging.ERROR)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RESIZE_SEED)
+            llm.resize_token_embeddings(num_tokens, mean_resizing=True)
+    finally:
+        notices.setLevel(level)
+    matrices = "input and output embeddings" if llm.get_output_embeddings() else "embeddings"
+    added = num_tokens - before
+    logger.info(
+        "added %d row%s to the LLM's %s (%d -> %d tokens), drawn around the mean of the "
+        "existing rows (seed %d)",
+        added,
+        "s" * (added != 1),
+        matrices,
+        before,
+        num_tokens,
+        RESIZE_SEED,
+    )
+    return added
+
+
 def build_model(
     config: ModelConfig,
     *,
@@ -90,10 +132,7 @@ def build_model(
     )
     tokenizer = load_tokenizer(config.llm, config.image_token, list(special_tokens))
     llm = load_llm(config.llm, dtype=dtype, attn_implementation=llm_attn, quantize=quantize_llm)
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RESIZE_SEED)
-            llm.resize_token_embeddings(len(tokenizer))
+    grow_embeddings(llm, len(tokenizer))
     llm.config.pad_token_id = tokenizer.pad_token_id
     projector_class = PROJECTORS.get(config.projector.name).target
     projector = projector_class(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 
 import torch
 from torch import nn
@@ -37,10 +38,13 @@ def lora_settings(recipe: RecipeConfig, stage_name: str) -> LoraConfig:
 
 
 def is_adapted(module: nn.Module) -> bool:
-    """Whether ``module`` is a peft wrapper (the LLM of a lora/qlora stage)."""
-    from peft import PeftModel
+    """Whether ``module`` is a peft wrapper (the LLM of a lora/qlora stage).
 
-    return isinstance(module, PeftModel)
+    Asks without importing peft (which imports bitsandbytes): a model wrapped by peft has
+    imported it already.
+    """
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(module, peft.PeftModel)
 
 
 def add_adapters(model: MultimodalModel, settings: LoraConfig, mode: str) -> None:

@@ -5,12 +5,15 @@ A single process gets a one-member process group, so training has one code path.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,9 @@ def _free_port() -> int:
 
 
 def init_distributed() -> Runtime:
-    """Join (or create) the process group and pick this rank's device and thread count."""
+    """Join (or create) the process group and pick this rank's device and thread count (logged)."""
+    # DeepSpeed's own switch: it uses the device chosen here instead of guessing (and warning).
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import deepspeed
 
     # Tokenizers' own threads and forked DataLoader workers do not mix; workers parallelise.
@@ -53,7 +58,15 @@ def init_distributed() -> Runtime:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-    return Runtime(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    runtime = Runtime(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    if runtime.is_main:
+        threads = torch.get_num_threads()
+        per_process = (
+            f", {threads} thread{'s' * (threads != 1)} each" if device.type == "cpu" else ""
+        )
+        processes = f"{runtime.world_size} process{'es' * (runtime.world_size != 1)}"
+        logger.info("device: %s (%s), %s%s", device.type, backend, processes, per_process)
+    return runtime
 
 
 def barrier() -> None:

@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
-from transformers import get_scheduler
 
 from mllm.config import RecipeConfig, dump_recipe
 from mllm.models.builder import BuiltModel
@@ -21,6 +20,7 @@ from mllm.training import checkpoint as ckpt
 from mllm.training.deepspeed_config import offloads_optimizer
 from mllm.training.distributed import Runtime, all_reduce_sum, barrier
 from mllm.training.interrupt import StopRequests, TrainingInterrupted
+from mllm.training.lr_schedule import build_lr_scheduler
 from mllm.training.metrics import MetricsLogger
 from mllm.training.sampler import ModalityLengthGrouping, StepBatchSampler, total_optimizer_steps
 from mllm.training.stage import parameter_groups
@@ -81,12 +81,9 @@ class Trainer:
         if not offloads_optimizer(ds_config):
             optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
         warmup = math.ceil(optim.warmup_ratio * self.total_steps)
-        scheduler_name = {"constant": "constant_with_warmup"}.get(optim.scheduler, optim.scheduler)
 
         def make_scheduler(opt):
-            return get_scheduler(
-                scheduler_name, opt, num_warmup_steps=warmup, num_training_steps=self.total_steps
-            )
+            return build_lr_scheduler(opt, optim.scheduler, warmup, self.total_steps)
 
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=built.model,

@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
+        from mllm.training.distributed import pin_deepspeed_accelerator
+
+        pin_deepspeed_accelerator()  # any command that saves or loads a model may import it
         return DELEGATED[argv[0]][0](argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)

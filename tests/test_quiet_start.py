@@ -50,6 +50,23 @@ def test_a_tiny_run_and_a_model_load_print_no_library_noise(tmp_path):
     assert "device: cpu (float32)" in chat.stderr
 
 
+def test_make_tiny_prints_no_library_noise(tmp_path):
+    # transformers' save_pretrained imports DeepSpeed (through accelerate) whenever it is
+    # installed; mllm names the device first, so DeepSpeed does not guess and warn.
+    result = subprocess.run(
+        [sys.executable, "-m", "mllm.cli", "make-tiny", str(tmp_path / "tiny")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        check=True,
+    )
+    for noise in NOISE:
+        assert noise not in result.stdout + result.stderr
+    assert (tmp_path / "tiny/llama/config.json").is_file()
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_lr_schedule_matches_transformers(schedule):
     """mllm's schedules are transformers' ``get_scheduler`` curves, step for step."""

@@ -34,10 +34,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pin_deepspeed_accelerator() -> None:
+    """Tell DeepSpeed the device through its own switch (``DS_ACCELERATOR``), so that it does
+    not guess and warn when it is imported: by us, or by accelerate inside transformers'
+    ``save_pretrained``, which imports it whenever it is installed."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def init_distributed() -> Runtime:
     """Join (or create) the process group and pick this rank's device and thread count (logged)."""
-    # DeepSpeed's own switch: it uses the device chosen here instead of guessing (and warning).
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    pin_deepspeed_accelerator()
     import deepspeed
 
     # Tokenizers' own threads and forked DataLoader workers do not mix; workers parallelise.
@@ -79,4 +85,12 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """The largest value of each of a few scalars over ranks (one collective)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()

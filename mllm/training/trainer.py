@@ -24,6 +24,7 @@ from mllm.training.lr_schedule import build_lr_scheduler
 from mllm.training.metrics import MetricsLogger
 from mllm.training.sampler import ModalityLengthGrouping, StepBatchSampler, total_optimizer_steps
 from mllm.training.stage import parameter_groups
+from mllm.training.summary import RunSummary, summarise
 from mllm.training.timing import NullTimer
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,13 @@ class Trainer:
             lr_scheduler=make_scheduler,
             config=ds_config,
         )
+        # ZeRO and DeepSpeed's bf16/fp16 optimizers compute the global norm in their step; with a
+        # plain torch optimizer (no ZeRO) the trainer takes it before the step, as clipping does.
+        self._own_grad_norm = not hasattr(self.engine.optimizer, "_global_grad_norm")
+        self._grad_norm: float | None = None
         self.step = 0
+        self.start_step = 0
+        self.summary: RunSummary | None = None
         self.skipped_records: set[str] = set()  # distinct records dropped at load time (this rank)
         self.metrics = MetricsLogger(
             self.out_dir, recipe.logging, f"{recipe.name}/{stage_name}", runtime.is_main
@@ -159,8 +166,20 @@ class Trainer:
             desc=self.stage_name,
             dynamic_ncols=True,
         )
+        self.start_step = self.step
+        self._totals = {"samples": 0, "tokens": 0, "slots": 0}  # this rank, this invocation
+        start = time.perf_counter()
         with StopRequests() as stop:
             last = self._run_steps(model, progress, _new_window(), stop)
+        self.summary = summarise(
+            self.stage_name,
+            self._totals,
+            steps=(self.start_step, self.step),
+            wall_s=time.perf_counter() - start,
+            final_loss=last.get("loss"),
+            output=self.final_dir,
+            device=self.runtime.device,
+        )
         dropped = len(getattr(self.dataset, "dropped", ()))
         if dropped or self.skipped_records:
             logger.warning(
@@ -200,13 +219,15 @@ class Trainer:
                 loss = self._zero_loss(model)
             with timer.section("backward"):
                 model.backward(loss)
+            if self._own_grad_norm and (micro + 1) % self.accumulation == 0:
+                self._grad_norm = self._global_grad_norm()
             with timer.section("optimizer"):
                 model.step()
-            timer.end_micro(
-                tokens=tokens,
-                slots=batch["input_ids"].numel(),
-                samples=self.stage.micro_batch_size - len(skipped),
-            )
+            slots, samples = batch["input_ids"].numel(), self.stage.micro_batch_size - len(skipped)
+            timer.end_micro(tokens=tokens, slots=slots, samples=samples)
+            self._totals["samples"] += samples
+            self._totals["tokens"] += tokens
+            self._totals["slots"] += slots
             micro += 1
             if micro % self.accumulation:
                 continue
@@ -263,8 +284,8 @@ class Trainer:
         }
         if skipped:
             values["skipped_samples"] = skipped
-        grad_norm = self.engine.get_global_grad_norm()
-        if grad_norm is not None:
+        grad_norm = self._grad_norm if self._own_grad_norm else self.engine.get_global_grad_norm()
+        if grad_norm is not None:  # this (the logged) optimizer step's norm, before clipping
             values["grad_norm"] = float(grad_norm)
         progress.set_postfix(
             loss=f"{values['loss']:.4f}",
@@ -273,6 +294,14 @@ class Trainer:
         )
         self.metrics.log(self.step, values)
         return values
+
+    def _global_grad_norm(self) -> float:
+        """L2 norm of all gradients after the last micro-batch's backward (already averaged
+        over ranks by DeepSpeed), computed as ``torch.nn.utils.clip_grad_norm_`` does."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -283,7 +312,9 @@ class Trainer:
     def final_dir(self) -> Path:
         return self.out_dir / "final"
 
-    def _write_loadable(self, folder: Path, metrics: dict[str, float]) -> None:
+    def _write_loadable(
+        self, folder: Path, metrics: dict[str, float], extra: dict | None = None
+    ) -> None:
         state = ckpt.gather_state_dict(
             self.built.model, self.saved_components, keep=self.runtime.is_main
         )
@@ -297,6 +328,7 @@ class Trainer:
                 metrics=metrics,
                 recipe_yaml=dump_recipe(self.recipe),
                 tokenizer=self.built.tokenizer,
+                extra=extra,
             )
 
     def _save(self, final: Path, write) -> Path:
@@ -325,8 +357,15 @@ class Trainer:
         return final
 
     def save_final(self, metrics: dict[str, float]) -> Path:
-        """Write ``STAGE/final`` (collective)."""
-        return self._save(self.final_dir, lambda staging: self._write_loadable(staging, metrics))
+        """Write ``STAGE/final`` with the run's summary in its manifest, then print the summary
+        (collective)."""
+        extra = {"summary": self.summary.to_dict()} if self.summary is not None else None
+        final = self._save(
+            self.final_dir, lambda staging: self._write_loadable(staging, metrics, extra)
+        )
+        if self.summary is not None and self.runtime.is_main:
+            logger.info("%s", self.summary.line())
+        return final
 
     def save_resumable(self) -> Path:
         """Write ``STAGE/checkpoints/step_N`` with optimizer, scheduler and data position (collective)."""

@@ -22,6 +22,22 @@ NOISE = (
 )
 
 
+def _quiet_mllm(*args: str) -> subprocess.CompletedProcess:
+    """Run ``mllm ARGS`` as a user would; it must succeed and print none of ``NOISE``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mllm.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        check=True,
+    )
+    for noise in NOISE:
+        assert noise not in result.stdout + result.stderr
+    return result
+
+
 def test_a_tiny_run_and_a_model_load_print_no_library_noise(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(ws, tmp_path / "run"))
@@ -35,35 +51,24 @@ def test_a_tiny_run_and_a_model_load_print_no_library_noise(tmp_path):
     assert console.count("added 1 row to the LLM's input and output embeddings") == 1
 
     image = next((ws["images"]).rglob("*.png"))
-    chat = subprocess.run(
-        [sys.executable, "-m", "mllm.cli", "chat", "--model", str(tmp_path / "run/align/final")]
-        + ["--image", str(image), "--prompt", "What shape?", "--max-new-tokens", "2"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-        check=True,
+    chat = _quiet_mllm(
+        "chat",
+        "--model",
+        str(tmp_path / "run/align/final"),
+        "--image",
+        str(image),
+        "--prompt",
+        "What shape?",
+        "--max-new-tokens",
+        "2",
     )
-    for noise in NOISE:
-        assert noise not in chat.stdout + chat.stderr
     assert "device: cpu (float32)" in chat.stderr
 
 
 def test_make_tiny_prints_no_library_noise(tmp_path):
     # transformers' save_pretrained imports DeepSpeed (through accelerate) whenever it is
     # installed; mllm names the device first, so DeepSpeed does not guess and warn.
-    result = subprocess.run(
-        [sys.executable, "-m", "mllm.cli", "make-tiny", str(tmp_path / "tiny")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-        check=True,
-    )
-    for noise in NOISE:
-        assert noise not in result.stdout + result.stderr
+    _quiet_mllm("make-tiny", str(tmp_path / "tiny"))
     assert (tmp_path / "tiny/llama/config.json").is_file()
 
 

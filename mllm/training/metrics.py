@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
+
+import torch
 
 from mllm.config.schema import LoggingConfig
 
@@ -71,3 +74,12 @@ class MetricsLogger:
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a ``metrics.jsonl``."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def global_grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
+    """L2 norm of all gradients (after backward; DeepSpeed has averaged them over ranks),
+    computed as ``torch.nn.utils.clip_grad_norm_`` does, for optimizers that report none."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))

@@ -7,11 +7,11 @@ That holds for the modality- and length-grouped order too (``mllm.training.group
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mllm.training.grouping import modality_length_order
 
@@ -97,3 +97,47 @@ def total_optimizer_steps(
     if max_steps is not None:
         return max_steps
     return max(1, int(epochs * (num_samples // samples_per_step)))
+
+
+def grouping_for(dataset: Dataset, group_by: str, where: str) -> ModalityLengthGrouping | None:
+    """What ``data.group_by`` needs from ``dataset`` (``None`` for ``"none"``).
+
+    Raises:
+        TypeError: the dataset has no per-sample ``lengths`` and ``has_image``; ``where`` is
+            the recipe key, for the message.
+    """
+    if group_by == "none":
+        return None
+    lengths = getattr(dataset, "lengths", None)
+    has_image = getattr(dataset, "has_image", None)
+    if lengths is None or has_image is None:
+        raise TypeError(
+            f"{where}: {type(dataset).__name__} has no per-sample lengths and has_image to group by"
+        )
+    return ModalityLengthGrouping(lengths, has_image)
+
+
+def step_loader(
+    dataset: Dataset,
+    sampler: StepBatchSampler,
+    collate_fn: Callable,
+    *,
+    num_workers: int,
+    pin_memory: bool,
+    seed: int,
+) -> DataLoader:
+    """A DataLoader over ``sampler``'s micro-batches that draws nothing from the global RNG.
+
+    ``seed`` seeds the loader's own generator: starting the loader must not draw from the
+    global RNG, or a resumed run's dropout (e.g. LoRA's) would be one draw off the original's.
+    """
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -16,6 +16,20 @@ import torch
 from mllm.training.distributed import all_reduce_max, all_reduce_sum
 
 
+@dataclass
+class RunTotals:
+    """What this rank has trained on so far in this invocation."""
+
+    samples: int = 0
+    tokens: int = 0  # sample tokens, padding excluded
+    slots: int = 0  # rows x width of the batches: tokens plus padding
+
+    def add(self, *, tokens: int, slots: int, samples: int) -> None:
+        self.samples += samples
+        self.tokens += tokens
+        self.slots += slots
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """Totals of one stage run (this invocation; a resumed run counts from ``start_step``).
@@ -87,7 +101,7 @@ def peak_memory_mib(device: torch.device) -> tuple[float, float | None]:
 
 def summarise(
     stage: str,
-    totals: dict[str, int],
+    totals: RunTotals,
     *,
     steps: tuple[int, int],
     wall_s: float,
@@ -98,13 +112,10 @@ def summarise(
     """Combine every rank's totals into the stage's summary (collective: all ranks call it).
 
     Args:
-        totals: this rank's ``samples``, ``tokens`` (padding excluded) and ``slots`` (rows x
-            width of its batches: tokens plus padding).
+        totals: this rank's totals.
         steps: the step this invocation started at and the one it ended at.
     """
-    samples, tokens, slots = all_reduce_sum(
-        [totals["samples"], totals["tokens"], totals["slots"]], device
-    )
+    samples, tokens, slots = all_reduce_sum([totals.samples, totals.tokens, totals.slots], device)
     rss, cuda = peak_memory_mib(device)
     rss, cuda_max = all_reduce_max([rss, cuda or 0.0], device)
     return RunSummary(

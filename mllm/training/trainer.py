@@ -21,10 +21,15 @@ from mllm.training.deepspeed_config import offloads_optimizer
 from mllm.training.distributed import Runtime, all_reduce_sum, barrier
 from mllm.training.interrupt import StopRequests, TrainingInterrupted
 from mllm.training.lr_schedule import build_lr_scheduler
-from mllm.training.metrics import MetricsLogger
-from mllm.training.sampler import ModalityLengthGrouping, StepBatchSampler, total_optimizer_steps
+from mllm.training.metrics import MetricsLogger, global_grad_norm
+from mllm.training.sampler import (
+    StepBatchSampler,
+    grouping_for,
+    step_loader,
+    total_optimizer_steps,
+)
 from mllm.training.stage import parameter_groups
-from mllm.training.summary import RunSummary, summarise
+from mllm.training.summary import RunSummary, RunTotals, summarise
 from mllm.training.timing import NullTimer
 
 logger = logging.getLogger(__name__)
@@ -106,18 +111,6 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ data
-    def _grouping(self) -> ModalityLengthGrouping | None:
-        if self.stage.data.group_by == "none":
-            return None
-        lengths = getattr(self.dataset, "lengths", None)
-        has_image = getattr(self.dataset, "has_image", None)
-        if lengths is None or has_image is None:
-            raise TypeError(
-                f"stages.{self.stage_name}.data.group_by: {type(self.dataset).__name__} has no "
-                "per-sample lengths and has_image to group by"
-            )
-        return ModalityLengthGrouping(lengths, has_image)
-
     def _loader(self) -> DataLoader:
         sampler = StepBatchSampler(
             len(self.dataset),
@@ -128,20 +121,17 @@ class Trainer:
             seed=self.recipe.seed,
             total_steps=self.total_steps,
             start_step=self.step,
-            grouping=self._grouping(),
+            grouping=grouping_for(
+                self.dataset, self.stage.data.group_by, f"stages.{self.stage_name}.data.group_by"
+            ),
         )
-        workers = self.stage.data.num_workers
-        return DataLoader(
+        return step_loader(
             self.dataset,
-            batch_sampler=sampler,
-            collate_fn=self.collator,
-            num_workers=workers,
-            persistent_workers=False,
+            sampler,
+            self.collator,
+            num_workers=self.stage.data.num_workers,
             pin_memory=self.runtime.device.type == "cuda",
-            prefetch_factor=2 if workers else None,
-            # Its own generator: starting the loader must not draw from the global RNG, or a
-            # resumed run's dropout (e.g. LoRA's) would be one draw off the original's.
-            generator=torch.Generator().manual_seed(self.recipe.seed + self.step),
+            seed=self.recipe.seed + self.step,
         )
 
     def _to_device(self, batch: dict) -> dict:
@@ -167,7 +157,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         self.start_step = self.step
-        self._totals = {"samples": 0, "tokens": 0, "slots": 0}  # this rank, this invocation
+        self._totals = RunTotals()
         start = time.perf_counter()
         with StopRequests() as stop:
             last = self._run_steps(model, progress, _new_window(), stop)
@@ -220,14 +210,16 @@ class Trainer:
             with timer.section("backward"):
                 model.backward(loss)
             if self._own_grad_norm and (micro + 1) % self.accumulation == 0:
-                self._grad_norm = self._global_grad_norm()
+                self._grad_norm = global_grad_norm(self.engine.module.parameters())
             with timer.section("optimizer"):
                 model.step()
-            slots, samples = batch["input_ids"].numel(), self.stage.micro_batch_size - len(skipped)
-            timer.end_micro(tokens=tokens, slots=slots, samples=samples)
-            self._totals["samples"] += samples
-            self._totals["tokens"] += tokens
-            self._totals["slots"] += slots
+            sizes = {
+                "tokens": tokens,
+                "slots": batch["input_ids"].numel(),
+                "samples": self.stage.micro_batch_size - len(skipped),
+            }
+            timer.end_micro(**sizes)
+            self._totals.add(**sizes)
             micro += 1
             if micro % self.accumulation:
                 continue
@@ -294,14 +286,6 @@ class Trainer:
         )
         self.metrics.log(self.step, values)
         return values
-
-    def _global_grad_norm(self) -> float:
-        """L2 norm of all gradients after the last micro-batch's backward (already averaged
-        over ranks by DeepSpeed), computed as ``torch.nn.utils.clip_grad_norm_`` does."""
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        if not grads:
-            return 0.0
-        return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
 
     # ------------------------------------------------------------------ checkpoints
     @property

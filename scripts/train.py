@@ -18,7 +18,7 @@ import sys
 
 from mllm.config import RecipeConfig, RecipeError, load_recipe
 from mllm.config.checks import check_data_paths, check_environment
-from mllm.data.builder import build_collator, build_dataset
+from mllm.data.builder import build_collator, build_stage_datasets
 from mllm.errors import UsageError, run_command
 from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
 from mllm.models.lora import lora_settings
@@ -37,6 +37,7 @@ from mllm.training.setup import (
 )
 from mllm.training.stage import apply_stage
 from mllm.training.trainer import Trainer
+from mllm.training.validation import Validator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +78,8 @@ def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
     apply_stage(built.model, stage.train, lora)
     if stage.gradient_checkpointing:
         enable_gradient_checkpointing(built.model)
-    dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
+    template = stage_template(recipe, stage)
+    dataset, held_out = build_stage_datasets(stage, built, template, recipe.seed)
     attach_feature_cache(
         dataset, stage.data, built.model, f"stages.{stage_name}.data.feature_cache"
     )
@@ -90,6 +92,11 @@ def train_stage(recipe, stage_name: str, runtime, resume: bool) -> None:
         ds_config=ds_config,
         runtime=runtime,
         saved_components=saved_components(init_folder, trained),
+        validator=None
+        if held_out is None
+        else Validator(
+            held_out, stage.eval, built=built, recipe=recipe, template=template, runtime=runtime
+        ),
     )
     if resume:
         trainer.resume()

@@ -88,6 +88,7 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                 )
             )
         problems.extend(_check_adapters(recipe, name, index))
+        problems.extend(_check_validation(recipe, name))
         if stage.zero_config is not None and check_files:
             problems.extend(_check_zero_config(f"{key}.zero_config", Path(stage.zero_config)))
         if stage.precision == "fp16" and stage.zero_config is None:
@@ -158,6 +159,47 @@ def _check_adapters(recipe: RecipeConfig, name: str, index: int) -> list[tuple[s
     return problems
 
 
+def _check_validation(recipe: RecipeConfig, name: str) -> list[tuple[str, str]]:
+    """``eval`` names one held-out set; ``early_stop`` needs validations during the stage."""
+    stage, key = recipe.stages[name], f"stages.{name}"
+    problems: list[tuple[str, str]] = []
+    validation = stage.eval
+    if validation is not None:
+        if (validation.path is None) == (validation.split is None):
+            problems.append(
+                (
+                    f"{key}.eval",
+                    "give either path (a LLaVA-format file) or split (a share of the training "
+                    "records to hold out), not both or neither",
+                )
+            )
+        if validation.split is not None and validation.image_folder is not None:
+            problems.append(
+                (
+                    f"{key}.eval.image_folder",
+                    "held-out records (split) use the stage's data.image_folder; remove it",
+                )
+            )
+    stop = stage.early_stop
+    if stop is None:
+        return problems
+    if validation is None or validation.every is None:
+        problems.append(
+            (
+                f"{key}.early_stop",
+                "needs validations during the stage: set eval (path or split) and eval.every",
+            )
+        )
+    elif stop.metric == "val_accuracy" and validation.max_new_tokens == 0:
+        problems.append(
+            (
+                f"{key}.early_stop.metric",
+                "val_accuracy needs generation, but eval.max_new_tokens is 0",
+            )
+        )
+    return problems
+
+
 def check_environment(recipe: RecipeConfig, stages: list[str]) -> list[str]:
     """What this machine must offer for ``stages`` (QLoRA kernels, FlashAttention).
 
@@ -194,16 +236,26 @@ def check_data_paths(recipe: RecipeConfig, stages: list[str]) -> list[tuple[str,
     problems: list[tuple[str, str]] = []
     for name in stages:
         stage, key = recipe.stages[name], f"stages.{name}"
-        for index, path in enumerate(stage.data.path):
-            if not Path(path).is_file():
-                where = f"{key}.data.path" + (f"[{index}]" if len(stage.data.path) > 1 else "")
-                problems.append((where, f"{path}: no such file"))
-        folder = stage.data.image_folder
-        if folder is not None and not Path(folder).is_dir():
-            problems.append((f"{key}.data.image_folder", f"{folder}: no such folder"))
+        problems.extend(_missing_data(f"{key}.data", stage.data.path, stage.data.image_folder))
+        if stage.eval is not None:
+            problems.extend(
+                _missing_data(f"{key}.eval", stage.eval.path or [], stage.eval.image_folder)
+            )
         init_from = stage.init_from
         if init_from and not init_from.startswith(STAGE_REFERENCE) and not Path(init_from).is_dir():
             problems.append((f"{key}.init_from", f"{init_from}: no such folder"))
+    return problems
+
+
+def _missing_data(key: str, paths: list[str], image_folder: str | None) -> list[tuple[str, str]]:
+    """``KEY.path`` files and the ``KEY.image_folder`` folder that do not exist."""
+    problems = [
+        (f"{key}.path" + (f"[{index}]" if len(paths) > 1 else ""), f"{path}: no such file")
+        for index, path in enumerate(paths)
+        if not Path(path).is_file()
+    ]
+    if image_folder is not None and not Path(image_folder).is_dir():
+        problems.append((f"{key}.image_folder", f"{image_folder}: no such folder"))
     return problems
 
 

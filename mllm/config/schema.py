@@ -155,6 +155,50 @@ class OptimConfig(StrictModel):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
 
 
+class EvalConfig(StrictModel):
+    """Held-out validation during a stage: loss on the training labels, and answers generated
+    the way ``mllm eval`` asks them, scored by the same exact-match rule."""
+
+    path: Annotated[
+        list[str] | None, BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
+    ] = Field(default=None, description="LLaVA-format .json/.jsonl file(s) to validate on")
+    image_folder: str | None = Field(
+        default=None, description="images of path; defaults to the stage's data.image_folder"
+    )
+    split: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="instead of path: hold out this share of the stage's training records "
+        "(chosen by the recipe's seed, the same on every rank and every resume)",
+    )
+    every: int | None = Field(
+        default=None, gt=0, description="optimizer steps between validations; always at the end"
+    )
+    max_samples: int | None = Field(
+        default=None, gt=0, description="validate on the first N held-out records (all)"
+    )
+    batch_size: int = Field(default=8, gt=0, description="samples per forward pass, per process")
+    max_new_tokens: int = Field(
+        default=32,
+        ge=0,
+        description="answer budget for the accuracy; single-exchange records whose reference "
+        "answer fits it are asked; 0 turns generation (and val_accuracy) off",
+    )
+
+
+class EarlyStopConfig(StrictModel):
+    """Stop a stage once its validation metric has stopped improving; ``best/`` keeps the best."""
+
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(
+        default=3, gt=0, description="validations in a row without improvement before stopping"
+    )
+    min_delta: float = Field(
+        default=0.0, ge=0, description="the smallest change that counts as an improvement"
+    )
+
+
 class StageConfig(StrictModel):
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -178,6 +222,10 @@ class StageConfig(StrictModel):
     save_every: int | None = Field(default=None, gt=0, description="resumable checkpoint period")
     keep_checkpoints: int = Field(default=2, gt=0, description="periodic checkpoints kept")
     log_every: int = Field(default=1, gt=0)
+    eval: EvalConfig | None = Field(default=None, description="validation during the stage")
+    early_stop: EarlyStopConfig | None = Field(
+        default=None, description="needs eval.every; the best weights go to STAGE/best"
+    )
 
 
 class LoggingConfig(StrictModel):

@@ -47,7 +47,7 @@ from mllm.data.images import (
     image_error_kind,
     load_sample_image,
 )
-from mllm.data.records import DataError, RecordOrigin, read_records, record_images
+from mllm.data.records import DataError, RecordOrigin, read_files, record_images
 from mllm.data.templates import DEFAULT_IMAGE_TOKEN, Template
 from mllm.data.tokenize import (
     DroppedSample,
@@ -321,14 +321,7 @@ class ConversationDataset(Dataset):
             paths: data file(s), concatenated in order.
             **kwargs: the other arguments of the constructor.
         """
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        records: list[dict[str, Any]] = []
-        origins: list[RecordOrigin] = []
-        for path in paths:
-            file_records = read_records(path, keep_invalid=True)
-            records.extend(file_records)
-            origins.extend(RecordOrigin(str(path), index) for index in range(len(file_records)))
+        records, origins = read_files(paths)
         return cls(records, origins=origins, **kwargs)
 
     def __len__(self) -> int:
@@ -370,6 +363,11 @@ class ConversationDataset(Dataset):
             "labels": torch.tensor(sample.labels, dtype=torch.long),  # [T]
             **images,  # pixel_values [num_images, 3, H, W] or None; or image_features
         }
+
+    def kept_record(self, index: int) -> tuple[Record, str]:
+        """Sample ``index``'s record and where it came from (``file: record N (id X)``)."""
+        record_index = self._kept[index]
+        return self.records[record_index], self._where(record_index)
 
     def _tokenize_rendered(
         self, rendered: list[tuple[str, list[tuple[int, int]]]]

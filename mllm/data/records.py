@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,40 @@ def read_records(path: str | os.PathLike[str], *, keep_invalid: bool = False) ->
                 records.append(record)
         return records
     raise DataError(f"{path}: unknown data file type {suffix!r}; use .json or .jsonl")
+
+
+def read_files(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> tuple[list[Any], list[RecordOrigin]]:
+    """Every record of ``paths`` in order, invalid ones kept (see :func:`read_records`), and
+    where each came from."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    records: list[Any] = []
+    origins: list[RecordOrigin] = []
+    for path in paths:
+        file_records = read_records(path, keep_invalid=True)
+        records.extend(file_records)
+        origins.extend(RecordOrigin(str(path), index) for index in range(len(file_records)))
+    return records, origins
+
+
+def hold_out(count: int, share: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split record positions ``0..count-1`` into (kept for training, held out), both sorted.
+
+    ``round(share * count)`` positions (at least one, and one fewer than ``count`` at most)
+    are drawn with ``seed`` alone, so every rank, every resume and every world size holds out
+    the same records.
+
+    Raises:
+        DataError: fewer than two records, so none could be held out and some still trained.
+    """
+    if count < 2:
+        raise DataError(f"cannot hold out a validation share of {count} record(s)")
+    size = min(max(1, round(share * count)), count - 1)
+    held = sorted(random.Random(seed).sample(range(count), size))
+    chosen = set(held)
+    return [index for index in range(count) if index not in chosen], held
 
 
 def record_images(record: Record) -> list[str]:

@@ -86,11 +86,18 @@ def _read_jsonl(path: Path, required: Sequence[str]) -> dict[int, tuple[int, dic
     return records
 
 
-def _accepted(answer: object, where: str) -> set[str]:
+def is_correct(prediction: str, answer: str | list[str]) -> bool:
+    """Whether ``prediction`` matches ``answer`` (or one of a list) after normalisation: the
+    rule of ``mllm eval`` and of validation during training."""
+    accepted = [answer] if isinstance(answer, str) else answer
+    return normalize_answer(prediction) in {normalize_answer(a) for a in accepted}
+
+
+def _check_answer(answer: object, where: str) -> None:
     if isinstance(answer, str):
-        return {normalize_answer(answer)}
+        return
     if isinstance(answer, list) and answer and all(isinstance(a, str) for a in answer):
-        return {normalize_answer(a) for a in answer}
+        return
     raise ValueError(f"{where}: 'answer' must be a string or a non-empty list of strings")
 
 
@@ -139,8 +146,8 @@ def score(
         line, prediction = predicted[question_id]
         if not isinstance(prediction["text"], str):
             raise ValueError(f"{predictions}:{line}: 'text' must be a string")
-        accepted = _accepted(record["answer"], f"{answers}:{number}")
-        hit = int(normalize_answer(prediction["text"]) in accepted)
+        _check_answer(record["answer"], f"{answers}:{number}")
+        hit = int(is_correct(prediction["text"], record["answer"]))
         correct += hit
         if question_id in categories:
             by_category[categories[question_id]][0] += hit

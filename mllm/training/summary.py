@@ -49,6 +49,8 @@ class RunSummary:
     peak_rss_mib: float
     peak_cuda_mib: float | None  # torch.cuda.max_memory_allocated; None off GPU
     output: str
+    validation: dict[str, float] | None = None  # the last validation's values
+    stopped_early: str | None = None  # why early_stop ended the stage
 
     @property
     def samples_per_s(self) -> float:
@@ -85,8 +87,17 @@ class RunSummary:
             f"stage {self.stage} done: {self.steps} steps{resumed}, {self.samples} samples in "
             f"{self.wall_s:.2f} s ({self.samples_per_s:.2f} samples/s, "
             f"{self.tokens_per_s:.0f} tokens/s), padding {self.padding_share:.1%}, "
-            f"final loss {loss}, peak RSS {self.peak_rss_mib:.0f} MiB{cuda} -> {self.output}"
+            f"final loss {loss}{self._validation_text()}, peak RSS {self.peak_rss_mib:.0f} MiB"
+            f"{cuda} -> {self.output}"
+            + (f"; stopped early: {self.stopped_early}" if self.stopped_early else "")
         )
+
+    def _validation_text(self) -> str:
+        values = self.validation or {}
+        text = f", val loss {values['val_loss']:.4f}" if "val_loss" in values else ""
+        if "val_accuracy" in values:
+            text += f", val accuracy {values['val_accuracy']:.1%}"
+        return text
 
 
 def peak_memory_mib(device: torch.device) -> tuple[float, float | None]:
@@ -108,6 +119,8 @@ def summarise(
     final_loss: float | None,
     output: Path,
     device: torch.device,
+    validation: dict[str, float] | None = None,
+    stopped_early: str | None = None,
 ) -> RunSummary:
     """Combine every rank's totals into the stage's summary (collective: all ranks call it).
 
@@ -130,4 +143,6 @@ def summarise(
         peak_rss_mib=rss,
         peak_cuda_mib=None if cuda is None else cuda_max,
         output=str(output),
+        validation=validation,
+        stopped_early=stopped_early,
     )

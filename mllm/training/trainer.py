@@ -19,6 +19,7 @@ from mllm.models.builder import BuiltModel
 from mllm.training import checkpoint as ckpt
 from mllm.training.deepspeed_config import offloads_optimizer
 from mllm.training.distributed import Runtime, all_reduce_sum, barrier
+from mllm.training.early_stop import EarlyStopping
 from mllm.training.interrupt import StopRequests, TrainingInterrupted
 from mllm.training.lr_schedule import build_lr_scheduler
 from mllm.training.metrics import MetricsLogger, global_grad_norm
@@ -31,6 +32,7 @@ from mllm.training.sampler import (
 from mllm.training.stage import parameter_groups
 from mllm.training.summary import RunSummary, RunTotals, summarise
 from mllm.training.timing import NullTimer
+from mllm.training.validation import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Trainer:
         saved_components: components whose weights the outputs must hold (trained now or earlier).
         timer: receives the step's sections (data, forward, backward, optimizer) and batch
             sizes; the default records nothing (see ``mllm.training.timing``).
+        validator: validates every ``eval.every`` steps and at the end (``stages.S.eval``);
+            with ``early_stop`` the best weights go to ``STAGE/best``.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class Trainer:
         runtime: Runtime,
         saved_components: list[str],
         timer: NullTimer | None = None,
+        validator: Validator | None = None,
     ) -> None:
         import deepspeed
 
@@ -76,6 +81,12 @@ class Trainer:
         self.runtime = runtime
         self.saved_components = saved_components
         self.timer = timer or NullTimer()
+        self.validator = validator
+        self.early_stop = EarlyStopping(self.stage.early_stop) if self.stage.early_stop else None
+        self.validation: dict[str, float] | None = None  # the last validation's values
+        self._validated_step = -1
+        self.stopped_early: str | None = None
+        self._postfix: dict[str, str] = {}
         self.out_dir = Path(recipe.stage_output_dir(stage_name))
         self.accumulation = ds_config["gradient_accumulation_steps"]
         self.total_steps = total_optimizer_steps(
@@ -144,11 +155,7 @@ class Trainer:
     def train(self) -> dict[str, float]:
         """Run from ``self.step`` to the last step; returns the final logged metrics."""
         model = self.engine
-        model.train()
-        # Frozen components stay in eval mode (dropout off) although the engine switched all to train.
-        for name, mode in self.stage.train.model_dump().items():
-            if mode == "frozen":
-                self.built.model.component(name).eval()
+        self._train_mode()
         progress = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -161,6 +168,10 @@ class Trainer:
         start = time.perf_counter()
         with StopRequests() as stop:
             last = self._run_steps(model, progress, _new_window(), stop)
+        if self.validator is not None and self._validated_step != self.step:
+            self._validate(progress)
+        if self.validation is not None:
+            last = {**last, **self.validation}
         self.summary = summarise(
             self.stage_name,
             self._totals,
@@ -169,6 +180,8 @@ class Trainer:
             final_loss=last.get("loss"),
             output=self.final_dir,
             device=self.runtime.device,
+            validation=self.validation,
+            stopped_early=self.stopped_early,
         )
         dropped = len(getattr(self.dataset, "dropped", ()))
         if dropped or self.skipped_records:
@@ -229,6 +242,17 @@ class Trainer:
             if self.step % self.stage.log_every == 0 or self.step == self.total_steps:
                 last = self._log(window, progress)
                 window = _new_window()
+            if self._validation_due():
+                self._validate(progress)
+                if self.early_stop is not None and self.early_stop.should_stop:
+                    self.stopped_early = self.early_stop.describe()
+                    logger.info(
+                        "stage %s stops at step %d: %s",
+                        self.stage_name,
+                        self.step,
+                        self.stopped_early,
+                    )
+                    break
             if (
                 self.stage.save_every
                 and self.step % self.stage.save_every == 0
@@ -243,6 +267,43 @@ class Trainer:
                     saved = self.save_resumable()
                 raise TrainingInterrupted(signum, str(saved))
         return last
+
+    def _train_mode(self) -> None:
+        """Train mode, except frozen components, which stay in eval mode (dropout off)."""
+        self.engine.train()
+        for name, mode in self.stage.train.model_dump().items():
+            if mode == "frozen":
+                self.built.model.component(name).eval()
+
+    def _validation_due(self) -> bool:
+        every = self.stage.eval.every if self.stage.eval is not None else None
+        return self.validator is not None and bool(every) and self.step % every == 0
+
+    def _validate(self, progress: tqdm) -> None:
+        """Validate now (collective), log it, and keep the weights when they are the best."""
+        assert self.validator is not None
+        values = self.validator.run(self.engine)
+        self._train_mode()
+        self._validated_step = self.step
+        self.validation = values
+        self.metrics.log(self.step, values)
+        self._postfix["val_loss"] = f"{values['val_loss']:.4f}"
+        accuracy = ""
+        if "val_accuracy" in values:
+            self._postfix["val_acc"] = f"{values['val_accuracy']:.1%}"
+            accuracy = (
+                f", val_accuracy {values['val_accuracy']:.1%} of {values['val_questions']:.0f}"
+            )
+        progress.set_postfix(self._postfix)
+        logger.info(
+            "step %d: val_loss %.4f%s (%.1f s)",
+            self.step,
+            values["val_loss"],
+            accuracy,
+            values["val_seconds"],
+        )
+        if self.early_stop is not None and self.early_stop.update(self.step, values):
+            self.save_best(values)
 
     def _note_skipped(self, skipped) -> int:
         """Log each record dropped at load time once; returns how many this batch lost."""
@@ -279,11 +340,12 @@ class Trainer:
         grad_norm = self._grad_norm if self._own_grad_norm else self.engine.get_global_grad_norm()
         if grad_norm is not None:  # this (the logged) optimizer step's norm, before clipping
             values["grad_norm"] = float(grad_norm)
-        progress.set_postfix(
+        self._postfix.update(
             loss=f"{values['loss']:.4f}",
             lr=f"{values['lr']:.2e}",
             tok_s=f"{values['tokens_per_s']:.0f}",
         )
+        progress.set_postfix(self._postfix)
         self.metrics.log(self.step, values)
         return values
 
@@ -295,6 +357,10 @@ class Trainer:
     @property
     def final_dir(self) -> Path:
         return self.out_dir / "final"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / "best"
 
     def _write_loadable(
         self, folder: Path, metrics: dict[str, float], extra: dict | None = None
@@ -351,6 +417,14 @@ class Trainer:
             logger.info("%s", self.summary.line())
         return final
 
+    def save_best(self, values: dict[str, float]) -> Path:
+        """Write ``STAGE/best``: the weights of the best validation so far (collective)."""
+        best = self._save(
+            self.best_dir,
+            lambda staging: self._write_loadable(staging, values, {"validation": values}),
+        )
+        return best
+
     def save_resumable(self) -> Path:
         """Write ``STAGE/checkpoints/step_N`` with optimizer, scheduler and data position (collective)."""
 
@@ -369,6 +443,8 @@ class Trainer:
                     "total_steps": self.total_steps,
                     "world_size": self.runtime.world_size,
                 }
+                if self.early_stop is not None:
+                    state["early_stop"] = self.early_stop.state_dict()
                 (staging / ckpt.TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
             self._write_loadable(staging, {})
 
@@ -400,6 +476,8 @@ class Trainer:
         rng = folder / f"rng_state_rank{self.runtime.rank}.safetensors"
         torch.set_rng_state(load_file(str(rng))["cpu"])
         self.step = state["step"]
+        if self.early_stop is not None and "early_stop" in state:
+            self.early_stop.load_state_dict(state["early_stop"])
         self.metrics.drop_after(self.step)  # rows a killed run logged past its last checkpoint
         logger.info("resumed from %s at step %d of %d", folder, self.step, self.total_steps)
         return True

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import errno
-from types import SimpleNamespace
 
 import pytest
 
 from mllm.training import checkpoint as ckpt
-from mllm.training.trainer import Trainer
-
-
-def _trainer_stub():
-    # Trainer._save only needs to know whether this is the main rank (no process group: no-op barriers).
-    return SimpleNamespace(runtime=SimpleNamespace(is_main=True))
 
 
 def _write_ok(staging):
@@ -25,7 +18,7 @@ def test_save_replaces_a_folder_only_when_complete(tmp_path):
     final = tmp_path / "final"
     final.mkdir()
     (final / ckpt.WEIGHTS_NAME).write_bytes(b"old")
-    Trainer._save(_trainer_stub(), final, _write_ok)
+    ckpt.write_folder(final, _write_ok, is_main=True)
     assert (final / ckpt.WEIGHTS_NAME).read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # no staging or retired copy
 
@@ -40,7 +33,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(ckpt.CheckpointError, match="No space left on device.*untouched"):
-        Trainer._save(_trainer_stub(), final, fill_disk)
+        ckpt.write_folder(final, fill_disk, is_main=True)
     assert (final / ckpt.WEIGHTS_NAME).read_bytes() == b"old"
     assert not ckpt.staging_path(final).exists()
 
@@ -53,10 +46,10 @@ def test_a_crash_mid_write_never_leaves_a_loadable_folder(tmp_path):
         raise KeyboardInterrupt  # stands for the process dying here
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer._save(_trainer_stub(), final, crash)
+        ckpt.write_folder(final, crash, is_main=True)
     assert not final.exists()
     with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
         ckpt.read_manifest(final)
     # The leftover staging folder is hidden and is discarded by the next save.
-    Trainer._save(_trainer_stub(), final, _write_ok)
+    ckpt.write_folder(final, _write_ok, is_main=True)
     assert (final / ckpt.WEIGHTS_NAME).read_bytes() == b"new"

@@ -21,7 +21,7 @@ import datetime as _dt
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -223,6 +223,40 @@ def commit_staging(final: Path) -> None:
         shutil.rmtree(retired)
     else:
         staging.rename(final)
+
+
+def write_folder(final: Path, write: Callable[[Path], None], *, is_main: bool) -> Path:
+    """Fill ``final`` through its staging folder with ``write(staging)`` (collective: every
+    rank calls it, and ``write`` may itself be collective).
+
+    A failure while writing (a full disk) removes the staging folder and reports it; earlier
+    checkpoints and a previous ``final`` stay as they were.
+
+    Raises:
+        CheckpointError: writing failed with an ``OSError``.
+    """
+    if is_main:
+        prepare_staging(final)
+    _barrier()
+    staging = staging_path(final)
+    try:
+        write(staging)
+    except OSError as exc:
+        if is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write {final}: {exc}; earlier checkpoints are untouched"
+        ) from exc
+    _barrier()
+    if is_main:
+        commit_staging(final)
+    _barrier()
+    return final
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _fsync_tree(folder: Path) -> None:

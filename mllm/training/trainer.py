@@ -18,7 +18,7 @@ from mllm.config import RecipeConfig, dump_recipe
 from mllm.models.builder import BuiltModel
 from mllm.training import checkpoint as ckpt
 from mllm.training.deepspeed_config import offloads_optimizer
-from mllm.training.distributed import Runtime, all_reduce_sum, barrier
+from mllm.training.distributed import Runtime, all_reduce_sum
 from mllm.training.early_stop import EarlyStopping
 from mllm.training.interrupt import StopRequests, TrainingInterrupted
 from mllm.training.lr_schedule import build_lr_scheduler
@@ -382,28 +382,10 @@ class Trainer:
             )
 
     def _save(self, final: Path, write) -> Path:
-        """Fill ``final`` through its staging folder with ``write(staging)`` (collective).
-
-        A failure while writing (a full disk) removes the staging folder and reports it;
-        earlier checkpoints and a previous ``final`` stay as they were.
-        """
+        """``checkpoint.write_folder`` on this rank (collective), logged."""
+        ckpt.write_folder(final, write, is_main=self.runtime.is_main)
         if self.runtime.is_main:
-            ckpt.prepare_staging(final)
-        barrier()
-        staging = ckpt.staging_path(final)
-        try:
-            write(staging)
-        except OSError as exc:
-            if self.runtime.is_main:
-                shutil.rmtree(staging, ignore_errors=True)
-            raise ckpt.CheckpointError(
-                f"could not write {final}: {exc}; earlier checkpoints are untouched"
-            ) from exc
-        barrier()
-        if self.runtime.is_main:
-            ckpt.commit_staging(final)
             logger.info("saved %s", final)
-        barrier()
         return final
 
     def save_final(self, metrics: dict[str, float]) -> Path:

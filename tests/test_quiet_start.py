@@ -1,9 +1,11 @@
 """A healthy start says what matters in mllm's words, without libraries' warnings to learn to
-ignore: no bitsandbytes when nothing is quantised, no DeepSpeed accelerator guess, no
-transformers ``mean_resizing`` notice."""
+ignore: no bitsandbytes when nothing is quantised, no DeepSpeed accelerator guess or op-builder
+chatter, no transformers ``mean_resizing`` notice or "Loading weights" bars (one line per
+component instead, from rank 0 only)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +21,8 @@ NOISE = (
     "trust_remote_code",
     "Setting accelerator to CPU",  # DeepSpeed guessing the device
     "mean_resizing",  # transformers announcing how it grew the embeddings
+    "built successfully",  # DeepSpeed's op builder: the CPU shared-memory all-reduce op
+    "Loading weights",  # transformers' bar for each from_pretrained
 )
 
 
@@ -49,6 +53,8 @@ def test_a_tiny_run_and_a_model_load_print_no_library_noise(tmp_path):
     assert console.count("device: cpu (gloo), 1 process, 1 thread each") == 1
     assert console.count("model.llm.attn_implementation: auto -> sdpa") == 1
     assert console.count("added 1 row to the LLM's input and output embeddings") == 1
+    assert console.count("model.vision: loaded ") == 1
+    assert console.count("model.llm: loaded ") == 1
 
     image = next((ws["images"]).rglob("*.png"))
     chat = _quiet_mllm(
@@ -63,6 +69,71 @@ def test_a_tiny_run_and_a_model_load_print_no_library_noise(tmp_path):
         "2",
     )
     assert "device: cpu (float32)" in chat.stderr
+
+
+@pytest.mark.distributed
+def test_two_ranks_start_as_quietly_as_one(tmp_path):
+    """Rank 1 draws no bars and says nothing rank 0 already said."""
+    ws = make_workspace(tmp_path / "ws")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(ws, tmp_path / "run"))
+    result = run_train([str(path), "--stage", "align", "stages.align.max_steps=1"], nproc=2)
+    console = result.stdout + result.stderr
+    for noise in NOISE:
+        assert noise not in console
+    assert "[rank 1]" not in console
+    assert console.count("device: cpu (gloo), 2 processes") == 1
+    assert console.count("model.vision: loaded ") == 1
+    assert console.count("model.llm: loaded ") == 1
+
+
+def test_progress_bars_follow_the_rank():
+    """Rank 0 keeps the hub's download bars (mllm logs a line per loaded component instead of
+    transformers' "Loading weights" bars); every other rank draws no bar at all."""
+    probe = (
+        "import huggingface_hub.utils as hub, transformers.utils.logging as hf;"
+        "from mllm.training.distributed import quiet_progress_bars;"
+        "quiet_progress_bars(is_main={main});"
+        "print(hub.are_progress_bars_disabled(), hf.is_progress_bar_enabled())"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    for main, expected in ((True, "False True"), (False, "True False")):
+        result = subprocess.run(
+            [sys.executable, "-c", probe.format(main=main)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=120,
+            check=True,
+        )
+        assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def test_a_load_logs_one_line_and_leaves_transformers_bars_as_they_were(caplog):
+    from transformers.utils import logging as hf_logging
+
+    from mllm.models.builder import logged_load
+
+    class TinyLM(torch.nn.Module):
+        dtype = torch.bfloat16
+
+    def hook(factory, args, kwargs):  # someone else's hook, there before the load
+        return factory(*args, **kwargs)
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="mllm.models.builder"),
+            logged_load("model.llm", "some/llm") as loaded,
+        ):
+            bar = hf_logging.tqdm(range(3), desc="Loading weights")
+            assert bar.disable and list(bar) == [0, 1, 2]
+            loaded.append(TinyLM())
+        assert hf_logging.set_tqdm_hook(previous) is hook
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+    assert caplog.messages == ["model.llm: loaded some/llm (TinyLM, bfloat16) in 0.0 s"]
 
 
 def test_make_tiny_prints_no_library_noise(tmp_path):

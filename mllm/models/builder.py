@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from mllm.config.schema import LoraConfig, ModelConfig, RecipeConfig, StageConfig
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
@@ -92,6 +97,52 @@ def grow_embeddings(llm: PreTrainedModel, num_tokens: int) -> int:
     return added
 
 
+def _no_bar(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A ``transformers.utils.logging.set_tqdm_hook`` hook: the bar transformers asked for,
+    disabled (it still iterates)."""
+    return factory(*args, **{**kwargs, "disable": True})
+
+
+@contextmanager
+def logged_load(key: str, path: str) -> Iterator[list[PreTrainedModel]]:
+    """A block that loads one component and logs one line for it, in place of transformers'
+    "Loading weights" bar.
+
+    The bar counts tensors copied from files already on disk: a few seconds for a real model,
+    drawn by every rank, so 8 GPUs interleave 16 bars per run and a log file keeps each as a
+    stream of carriage returns. One line, logged at INFO (which only rank 0 prints), says what
+    a researcher checks afterwards: which class came from where, in which dtype, in how long.
+    Parameter counts are in the stage's table (``mllm.training.stage``).
+
+    transformers' own bars are off inside the block through its ``set_tqdm_hook`` switch
+    (transformers >= 5.4; older versions keep the bar). Hub download bars are not transformers'
+    and stay on: a first download takes minutes and its bar is the only sign of progress
+    (rank 0 only, see ``mllm.training.distributed.quiet_progress_bars``).
+
+    Args:
+        key: the component's recipe key, e.g. ``model.llm``.
+        path: where it is loaded from (hub id or folder).
+
+    Yields:
+        A list for the loaded transformers model; logged when the block ends without error.
+    """
+    loaded: list[PreTrainedModel] = []
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    previous = set_hook(_no_bar) if set_hook is not None else None
+    started = time.perf_counter()
+    try:
+        yield loaded
+    finally:
+        if set_hook is not None:
+            set_hook(previous)
+    seconds = time.perf_counter() - started
+    for model in loaded:
+        dtype = str(model.dtype).removeprefix("torch.")
+        logger.info(
+            "%s: loaded %s (%s, %s) in %.1f s", key, path, type(model).__name__, dtype, seconds
+        )
+
+
 def build_model(
     config: ModelConfig,
     *,
@@ -125,13 +176,17 @@ def build_model(
             "model.vision.attn_implementation",
         )
     tower_class = VISION_TOWERS.get(config.vision.name).target
-    vision = load_with_attention(
-        lambda **attn: tower_class.from_pretrained(config.vision, dtype=dtype, **attn),
-        vision_attn,
-        f"model.vision.path {config.vision.path}",
-    )
+    with logged_load("model.vision", config.vision.path) as loaded:
+        vision = load_with_attention(
+            lambda **attn: tower_class.from_pretrained(config.vision, dtype=dtype, **attn),
+            vision_attn,
+            f"model.vision.path {config.vision.path}",
+        )
+        loaded.append(vision.encoder)
     tokenizer = load_tokenizer(config.llm, config.image_token, list(special_tokens))
-    llm = load_llm(config.llm, dtype=dtype, attn_implementation=llm_attn, quantize=quantize_llm)
+    with logged_load("model.llm", config.llm.path) as loaded:
+        llm = load_llm(config.llm, dtype=dtype, attn_implementation=llm_attn, quantize=quantize_llm)
+        loaded.append(llm)
     grow_embeddings(llm, len(tokenizer))
     llm.config.pad_token_id = tokenizer.pad_token_id
     projector_class = PROJECTORS.get(config.projector.name).target

@@ -136,9 +136,10 @@ class Validator:
             )
             if too_long:
                 logger.info(
-                    "validation: %d single-answer records have references longer than "
-                    "eval.max_new_tokens=%d and are scored by loss only",
+                    "validation: %d single-answer record%s a reference longer than "
+                    "eval.max_new_tokens=%d: loss only",
                     too_long,
+                    " has" if too_long == 1 else "s have",
                     config.max_new_tokens,
                 )
         logger.info(

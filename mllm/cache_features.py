@@ -3,8 +3,9 @@ a recipe's stages ahead of training (``data.feature_cache``, see ``mllm.data.fea
 
 Training builds a missing cache itself, on rank 0 while the other ranks wait; for a large set
 build it here first, on one GPU. The model is built as ``scripts/train.py`` builds it (the
-stage's precision and ``init_from`` tower weights), so the fingerprints match. A cache that
-exists already is checked against the stage (tower, preprocessing, images) and kept.
+stage's precision and ``init_from`` weights, by ``mllm.training.run.set_up_stage``), so the
+fingerprints match. A cache that exists already is checked against the stage (tower,
+preprocessing, images) and kept.
 
 CPU, after the demo's stage align (``recipes/tiny/shapes_mlp.yaml``; its stage instruct
 freezes the tower and starts from align's output, tower included)::
@@ -28,33 +29,13 @@ def cache_stage_features(recipe, stage_name: str, batch_size: int) -> None:
         FeatureCacheError: the folder holds another fingerprint or lacks the stage's images.
         CheckpointError: the stage's ``init_from`` is not a complete checkpoint.
     """
-    from mllm.data.builder import build_dataset
-    from mllm.models.builder import DTYPES, build_model, special_tokens_for, stage_template
-    from mllm.training import checkpoint as ckpt
-    from mllm.training.setup import (
-        attach_feature_cache,
-        load_start_point,
-        resolve_init_from,
-        seed_everything,
-    )
+    from mllm.training.run import set_up_stage
 
     stage = recipe.stages[stage_name]
-    key = f"stages.{stage_name}"
-    init_folder = resolve_init_from(recipe, stage_name)
-    seed_everything(recipe.seed)
-    built = build_model(
-        recipe.model, dtype=DTYPES[stage.precision], special_tokens=special_tokens_for(recipe)
-    )
-    # Only the tower matters: load the start point when it holds tower weights.
-    if init_folder is not None and "vision" in ckpt.read_manifest(init_folder)["components"]:
-        load_start_point(built.model, init_folder, f"{key}.init_from", stage.train.llm)
-    built.model.vision.requires_grad_(False)  # frozen in this stage (the recipe checks it)
-    dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
     existed = Path(stage.data.feature_cache).exists()
     started = time.perf_counter()
-    cache = attach_feature_cache(
-        dataset, stage.data, built.model, f"{key}.data.feature_cache", batch_size=batch_size
-    )
+    setup = set_up_stage(recipe, stage_name, cache_batch_size=batch_size)
+    cache = setup.dataset.feature_cache
     assert cache is not None
     print(
         f"{stage_name}: {'checked' if existed else 'built'} {cache.folder}: {len(cache.rows)} "

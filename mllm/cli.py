@@ -20,6 +20,12 @@ def _recipe_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(argv: list[str]) -> int:
+    from mllm.commands.train import main as train_main
+
+    return train_main(argv) or 0
+
+
 def _make_tiny(argv: list[str]) -> int:
     from mllm import tiny
 
@@ -94,6 +100,10 @@ def _convert_llava(argv: list[str]) -> int:
 
 #: Sub-commands that own their argument parsing (each has ``--help``).
 DELEGATED = {
+    "train": (
+        _train,
+        "train a recipe's stages (as scripts/train.py; under deepspeed/torchrun too)",
+    ),
     "data": (_data, "check data files (or a recipe's stages) for bad records before training"),
     "make-tiny": (_make_tiny, "save tiny random CLIP/SigLIP/Llama model folders (no download)"),
     "demo-data": (_demo_data, "generate the synthetic shapes visual-QA dataset"),
@@ -133,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    # `deepspeed --module mllm train ...` puts its --local_rank=N before the sub-command.
+    launcher = [arg for arg in argv if arg.startswith("--local_rank=")]
+    argv = [arg for arg in argv if arg not in launcher] + launcher
     command = next((arg for arg in argv if arg != DEBUG_FLAG), "")
     prog = f"mllm {command}" if command in DELEGATED or command == "recipe" else "mllm"
     return run_command(_dispatch, argv, prog)
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
-        from mllm.training.distributed import pin_deepspeed_accelerator
+        from mllm.accelerator import pin_deepspeed_accelerator
 
         pin_deepspeed_accelerator()  # any command that saves or loads a model may import it
         return DELEGATED[argv[0]][0](argv[1:])

@@ -33,7 +33,7 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("mllm.config.loader", "RecipeError", USAGE),
     ("mllm.registry", "UnknownComponentError", USAGE),
     ("mllm.training.deepspeed_config", "BatchSizeError", USAGE),
-    ("mllm.training.checkpoint", "CheckpointError", USAGE),
+    ("mllm.checkpoint.layout", "CheckpointError", USAGE),
     ("mllm.models.attention", "AttentionUnavailableError", USAGE),
     ("mllm.data.feature_cache", "FeatureCacheError", USAGE),
     ("mllm.inference.loading", "ModelLoadError", USAGE),

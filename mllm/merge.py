@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from mllm import checkpoint as ckpt
 from mllm.config import dump_recipe
 from mllm.models.builder import DTYPES
 from mllm.models.lora import merge_adapters
-from mllm.training import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,8 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp32
     Raises:
         CheckpointError: ``checkpoint`` is not a complete mllm checkpoint.
     """
-    from mllm.inference.loading import load_checkpoint
-
     out = Path(out).resolve()
-    loaded = load_checkpoint(checkpoint, dtype=torch.float32)
+    loaded = ckpt.load_checkpoint(checkpoint, dtype=torch.float32)
     adapters = loaded.manifest.get("adapters", {})
     model = loaded.built.model
     merge_adapters(model)

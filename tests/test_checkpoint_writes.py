@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 
 import pytest
 
-from mllm.training import checkpoint as ckpt
+from mllm import checkpoint as ckpt
 
 
 def _write_ok(staging):
@@ -53,3 +55,18 @@ def test_a_crash_mid_write_never_leaves_a_loadable_folder(tmp_path):
     # The leftover staging folder is hidden and is discarded by the next save.
     ckpt.write_folder(final, _write_ok, is_main=True)
     assert (final / ckpt.WEIGHTS_NAME).read_bytes() == b"new"
+
+
+def test_loading_and_generating_never_import_training():
+    """Inference and interop read checkpoints through ``mllm.checkpoint``, not ``mllm.training``;
+    the checkpoint format itself imports neither side. A fresh interpreter sees every import."""
+    code = (
+        "import sys, mllm.checkpoint\n"
+        "layers = sorted(m for m in sys.modules if m.startswith(('mllm.training', 'mllm.inference')))\n"
+        "import mllm.inference.loading, mllm.inference.generate, mllm.interop\n"
+        "print(layers, sorted(m for m in sys.modules if m.startswith('mllm.training')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip() == "[] []"

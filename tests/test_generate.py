@@ -10,6 +10,7 @@ import yaml
 from trained_shapes import answer_targets
 from training_utils import run_train, write_recipe
 
+from mllm.checkpoint import CheckpointError
 from mllm.config import load_recipe
 from mllm.data.images import load_image
 from mllm.data.templates import get_template
@@ -25,7 +26,6 @@ from mllm.inference import (
 from mllm.inference import loading as loading_module
 from mllm.inference.generate import _prepare
 from mllm.models.builder import build_model, special_tokens_for
-from mllm.training.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -22,19 +22,19 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
+from mllm import checkpoint as ckpt
+from mllm.checkpoint import load_checkpoint
 from mllm.cli import main as cli
 from mllm.config import dump_recipe, validate_recipe
 from mllm.config.checks import qlora_unavailable_reason
 from mllm.data.images import prepare_image
 from mllm.data.templates import get_template
 from mllm.inference.generate import GenerationRequest, generate
-from mllm.inference.loading import load_checkpoint
 from mllm.interop import ForeignFormatError, detect_format, load_foreign
 from mllm.interop.export import UnsupportedExportError, check_exportable, export_hf_llava
 from mllm.interop.llava import llava_prompt_ids
 from mllm.models.builder import build_model, special_tokens_for
 from mllm.tiny import UNK_ID, make_tiny_models
-from mllm.training import checkpoint as ckpt
 
 QLORA_SKIP = qlora_unavailable_reason()
 QUESTION = [{"from": "human", "value": "<image>\nWhat color is the shape?"}]

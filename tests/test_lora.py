@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from training_utils import REPO, make_workspace, run_train, tiny_recipe, write_recipe
 
+from mllm.checkpoint import read_manifest
 from mllm.config import RecipeError, load_recipe, validate_recipe
 from mllm.config.checks import check_environment, qlora_unavailable_reason
 from mllm.inference import load_checkpoint
@@ -19,7 +20,6 @@ from mllm.models import build_model
 from mllm.models.builder import special_tokens_for
 from mllm.models.families import get_family
 from mllm.models.lora import is_adapted, lora_settings, merge_adapters
-from mllm.training.checkpoint import read_manifest
 from mllm.training.metrics import read_metrics
 from mllm.training.stage import apply_stage, parameter_groups
 

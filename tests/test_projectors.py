@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormer
 
 from mllm.config import RecipeError, load_recipe, validate_recipe
 from mllm.config.schema import TrainConfig
+from mllm.errors import UsageError
 from mllm.models import build_model
 from mllm.models.projectors.positions import feature_positions, sincos_2d
 from mllm.models.projectors.qformer import QFormerProjector
@@ -22,6 +24,7 @@ from mllm.models.projectors.qformer_weights import (
 from mllm.models.registry import PROJECTORS
 from mllm.tiny import make_tiny_models
 from mllm.training.stage import apply_stage
+from mllm.training.trainer import Trainer
 
 VISION_DIM, LLM_DIM, PATCHES = 24, 16, 16  # a 4x4 grid of 24-wide features
 QFORMER = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 48}
@@ -243,17 +246,6 @@ def test_qformer_initialises_from_a_local_bert_folder(tmp_path):
         qformer(init_from=str(tmp_path / "bert-base-uncased"))
 
 
-def test_frozen_qformer_trains_only_the_linear_layer():
-    projector = qformer(freeze_qformer=True)
-    # A stage with ``projector: full`` switches the whole projector on; the Q-Former stays off.
-    projector.requires_grad_(True).train()
-    trainable = {name for name, p in projector.named_parameters() if p.requires_grad}
-    assert trainable == {"out_proj.weight", "out_proj.bias"}
-    assert projector.training and not projector.qformer.training
-    features = torch.randn(2, PATCHES, VISION_DIM)
-    torch.testing.assert_close(projector(features), projector(features))  # no dropout
-
-
 def test_qformer_options_are_validated():
     config_class = PROJECTORS.get("qformer").config_class
     with pytest.raises(ValueError, match="num_queries"):
@@ -280,7 +272,7 @@ def tiny_dirs(tmp_path_factory):
     return make_tiny_models(tmp_path_factory.mktemp("tiny_models"), image_size=32, patch_size=8)
 
 
-def recipe(dirs, projector: dict, train: dict | None = None):
+def recipe(dirs, projector: dict, train: dict | None = None, **stage_options):
     raw = {
         "name": "t",
         "output_dir": "unused",
@@ -296,6 +288,7 @@ def recipe(dirs, projector: dict, train: dict | None = None):
                 "optim": {"lr": 1e-3},
                 "global_batch_size": 1,
                 "micro_batch_size": 1,
+                **stage_options,
             }
         },
     }
@@ -324,14 +317,77 @@ def test_assembled_model_forward_backward(tiny_dirs, projector):
     assert all(p.grad is not None for p in model.projector.parameters())
 
 
-def test_apply_stage_keeps_a_frozen_qformer_frozen(tiny_dirs):
-    projector = {"name": "qformer", **QFORMER, "num_queries": 4, "freeze_qformer": True}
-    config = recipe(tiny_dirs, projector)
+def _qformer_eval(model) -> bool:
+    return not any(module.training for module in model.projector.qformer.modules())
+
+
+def test_stage_frozen_modules_train_only_the_qformer_output(tiny_dirs):
+    # MiniGPT-4: ``projector: full`` with the Q-Former kept frozen, decided by the stage alone.
+    projector = {"name": "qformer", **QFORMER, "num_queries": 4}  # dropout 0.1: eval matters
+    config = recipe(tiny_dirs, projector, frozen_modules=["projector.qformer"])
+    stage = config.stages["s"]
     built = build_model(config.model)
-    table = apply_stage(built.model, TrainConfig(vision="frozen", projector="full", llm="frozen"))
+    table = apply_stage(built.model, stage.train, frozen_modules=stage.frozen_modules)
+    trainable = {name for name, p in built.model.named_parameters() if p.requires_grad}
+    assert trainable == {"projector.out_proj.weight", "projector.out_proj.bias"}
     linear = sum(p.numel() for p in built.model.projector.out_proj.parameters())
     assert table["projector"][0] == linear < table["projector"][1]
-    assert not built.model.projector.qformer.training
+    assert built.model.projector.training and _qformer_eval(built.model)
+    # The trainer switches the whole model to train mode (start, after validation), then
+    # hands the modes back to the stage.
+    built.model.train()
+    trainer = SimpleNamespace(engine=built.model, built=built, stage=stage, stage_name="s")
+    Trainer._train_mode(trainer)
+    assert built.model.projector.training and built.model.projector.out_proj.training
+    assert _qformer_eval(built.model) and not built.model.vision.training
+
+
+def test_a_model_option_no_longer_freezes_the_qformer(tiny_dirs):
+    built = build_model(recipe(tiny_dirs, {"name": "qformer", **QFORMER, "num_queries": 4}).model)
+    apply_stage(built.model, TrainConfig(vision="frozen", projector="full", llm="frozen"))
+    assert all(p.requires_grad for p in built.model.projector.parameters())
+    assert all(module.training for module in built.model.projector.modules())
+
+
+def test_frozen_module_that_does_not_exist_lists_the_names_there(tiny_dirs):
+    built = build_model(recipe(tiny_dirs, {"name": "qformer", **QFORMER, "num_queries": 4}).model)
+    train = TrainConfig(vision="frozen", projector="full", llm="frozen")
+    key = "stages.s.frozen_modules"
+    with pytest.raises(UsageError) as info:
+        apply_stage(built.model, train, frozen_modules=["projector.qfromer"], key=key)
+    message = str(info.value)
+    assert message.startswith(f"{key}: 'projector.qfromer'")
+    assert "projector.qformer, projector.out_proj" in message
+    with pytest.raises(UsageError, match=r"qformer has no 'blocks'.*projector\.qformer\.layers"):
+        apply_stage(built.model, train, frozen_modules=["projector.qformer.blocks"])
+    with pytest.raises(UsageError, match="stages.S.frozen_modules"):
+        apply_stage(built.model, train, frozen_modules=["qformer"])
+
+
+def test_frozen_modules_must_sit_in_a_component_the_stage_trains(tiny_dirs):
+    projector = {"name": "qformer", **QFORMER, "num_queries": 4}
+    with pytest.raises(RecipeError) as info:
+        recipe(
+            tiny_dirs,
+            projector,
+            train={"vision": "frozen", "projector": "full", "llm": "full"},
+            frozen_modules=["projector.qformer", "vision.model", "qformer"],
+        )
+    message = str(info.value)
+    assert "stages.s.frozen_modules.0" not in message
+    assert "stages.s.frozen_modules.1: 'vision.model' is inside vision, which this stage" in message
+    assert "stages.s.frozen_modules.2: 'qformer' must be a module inside a component" in message
+
+
+def test_freeze_qformer_points_to_the_stage(tiny_dirs):
+    projector = {"name": "qformer", **QFORMER, "num_queries": 4, "freeze_qformer": True}
+    with pytest.raises(RecipeError) as info:
+        recipe(tiny_dirs, projector)
+    message = str(info.value)
+    assert "model.projector.freeze_qformer: removed" in message
+    assert "stages.S.frozen_modules: [projector.qformer]" in message
+    # ``false`` changed nothing (recipes saved by older checkpoints say it): still loads.
+    recipe(tiny_dirs, {**projector, "freeze_qformer": False})
 
 
 def test_bad_projector_option_names_the_key(tiny_dirs):
@@ -354,7 +410,7 @@ def test_minigpt4_recipe_trains_only_the_linear_layer_in_both_stages(monkeypatch
         32,
         2,
     )
-    assert projector.freeze_qformer and not projector.load_projection
+    assert not projector.load_projection
     assert recipe_.model.vision.name == "eva_clip"
     for stage in recipe_.stages.values():
         assert (stage.train.vision, stage.train.projector, stage.train.llm) == (
@@ -362,6 +418,7 @@ def test_minigpt4_recipe_trains_only_the_linear_layer_in_both_stages(monkeypatch
             "full",
             "frozen",
         )
+        assert stage.frozen_modules == ["projector.qformer"]
     align, instruct = recipe_.stages["align"], recipe_.stages["instruct"]
     assert (align.optim.lr, align.max_steps, align.global_batch_size) == (1e-4, 20000, 256)
     assert (instruct.optim.lr, instruct.max_steps, instruct.global_batch_size) == (3e-5, 1000, 12)
@@ -388,3 +445,5 @@ def test_tiny_recipes_swap_only_the_projector(monkeypatch, name):
         assert child.stages["align"].train.vision == "frozen"
     assert child.model.vision == tower and child.model.llm == parent.model.llm
     assert child.stages["align"].data == parent.stages["align"].data
+    frozen = ["projector.qformer"] if name == "minigpt4_qformer" else []
+    assert all(stage.frozen_modules == frozen for stage in child.stages.values())

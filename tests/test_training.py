@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 from training_utils import REPO, make_workspace, run_train, tiny_recipe, write_recipe
 
+from mllm.checkpoint import CheckpointError, read_manifest
 from mllm.config import validate_recipe
 from mllm.inference import load_checkpoint
 from mllm.models import build_model
 from mllm.models.builder import special_tokens_for
-from mllm.training.checkpoint import CheckpointError, read_manifest
 from mllm.training.metrics import read_metrics
 from mllm.training.setup import enable_gradient_checkpointing, resolve_init_from
 from mllm.training.stage import apply_stage, parameter_groups

@@ -137,6 +137,7 @@ def test_only_rank_zero_speaks():
     [
         (["recipe", "check", "missing.yaml"], ["mllm recipe", "missing.yaml", "file not found"]),
         (["data", "check", "missing.yaml"], ["missing.yaml", "file not found"]),
+        (["train", "missing.yaml"], ["mllm train", "missing.yaml", "file not found"]),
         (
             ["eval", "--model", "/no/such", "--questions", "q.jsonl", "--output", "o.jsonl"],
             ["mllm eval", "/no/such"],

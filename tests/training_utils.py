@@ -117,9 +117,10 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
 
 def train_command(
-    args: list[str], *, nproc: int = 1, launcher: str = "torchrun"
+    args: list[str], *, nproc: int = 1, launcher: str = "torchrun", module: bool = False
 ) -> tuple[list[str], dict[str, str]]:
-    """Command line and environment that run scripts/train.py (one thread per process)."""
+    """Command line and environment that run scripts/train.py, or ``mllm train`` as a module
+    with ``module`` (one thread per process)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -127,22 +128,31 @@ def train_command(
         "TOKENIZERS_PARALLELISM": "false",
     }
     if nproc == 1:
-        return [sys.executable, str(TRAIN_SCRIPT), *args], env
+        entry = ["-m", "mllm", "train"] if module else [str(TRAIN_SCRIPT)]
+        return [sys.executable, *entry, *args], env
     with socket.socket() as sock:  # torchrun's port 0 is not "any free port" for env:// ranks
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     if launcher == "deepspeed":
         launch = ["deepspeed.launcher.runner", f"--num_gpus={nproc}"]
+        entry = ["--module", "mllm", "train"] if module else [str(TRAIN_SCRIPT)]
     else:
         launch = ["torch.distributed.run", f"--nproc_per_node={nproc}"]
-    return [sys.executable, "-m", *launch, f"--master_port={port}", str(TRAIN_SCRIPT), *args], env
+        entry = ["-m", "mllm", "train"] if module else [str(TRAIN_SCRIPT)]
+    return [sys.executable, "-m", *launch, f"--master_port={port}", *entry, *args], env
 
 
 def run_train(
-    args: list[str], *, nproc: int = 1, launcher: str = "torchrun", timeout: int = 600
+    args: list[str],
+    *,
+    nproc: int = 1,
+    launcher: str = "torchrun",
+    module: bool = False,
+    timeout: int = 600,
 ) -> subprocess.CompletedProcess:
-    """Run scripts/train.py to completion; ``launcher`` is ``torchrun`` or ``deepspeed``."""
-    command, env = train_command(args, nproc=nproc, launcher=launcher)
+    """Run scripts/train.py (or ``mllm train`` with ``module``) to completion; ``launcher`` is
+    ``torchrun`` or ``deepspeed``."""
+    command, env = train_command(args, nproc=nproc, launcher=launcher, module=module)
     result = subprocess.run(
         command, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False
     )

@@ -138,15 +138,12 @@ def _load(args: argparse.Namespace, path: Path, variant: str, mix) -> tuple:
 
 def _run_baseline(recipe, stage: str, warmup: int):
     from mllm.bench.baseline import llava_from, train_baseline
-    from mllm.bench.ours import build_for_stage
-    from mllm.data.builder import build_dataset
-    from mllm.models.builder import stage_template
+    from mllm.bench.ours import set_up_without_cache
 
-    built = build_for_stage(recipe, stage)
-    config = recipe.stages[stage]
-    dataset = build_dataset(config.data, built, stage_template(recipe, config))
-    llava = llava_from(built, recipe)
-    del built  # only its weights were needed
+    setup = set_up_without_cache(recipe, stage)
+    config, dataset = recipe.stages[stage], setup.dataset
+    llava = llava_from(setup.built, recipe)
+    del setup  # only its weights and data were needed
     return train_baseline(
         llava, dataset, recipe, config, dataset.tokenizer.pad_token_id, warmup=warmup
     )
@@ -194,15 +191,13 @@ def _generation(args: argparse.Namespace, recipe, stage: str, mix) -> list:
 
     from mllm.bench.baseline import llava_from
     from mllm.bench.generation import bench_generation
-    from mllm.bench.ours import build_for_stage
+    from mllm.bench.ours import set_up_without_cache
     from mllm.inference.loading import LoadedModel
-    from mllm.models.builder import stage_template
 
-    built = build_for_stage(recipe, stage)
-    llava = llava_from(built, recipe)
+    setup = set_up_without_cache(recipe, stage)
+    llava = llava_from(setup.built, recipe)
     config = recipe.stages[stage]
-    template = stage_template(recipe, config)
-    loaded = LoadedModel(built, recipe, template, config.data.image_aspect_ratio, {})
+    loaded = LoadedModel(setup.built, recipe, setup.template, config.data.image_aspect_ratio, {})
     files = sorted(mix.image_folder.glob("*.png"))[: args.gen_prompts]
     images = [Image.open(path).convert("RGB") for path in files]
     return bench_generation(loaded, llava, images, new_tokens=args.gen_tokens)

@@ -1,8 +1,6 @@
-"""Our side of the benchmark: one stage trained through the calls ``scripts/train.py`` makes.
-
-Build the model, apply the stage, build the dataset (reading a ``data.feature_cache``) and
-collator, run ``Trainer.train`` with a :class:`~mllm.training.timing.StepTimer` attached: the
-same code as a real run, minus the final checkpoint.
+"""Our side of the benchmark: one stage trained through ``mllm.training.run`` as a real run
+(``set_up_stage``, ``stage_trainer``, ``Trainer.train``) with a
+:class:`~mllm.training.timing.StepTimer` attached, minus the final checkpoint.
 """
 
 from __future__ import annotations
@@ -15,42 +13,22 @@ from pathlib import Path
 
 from mllm.bench.measure import PeakMemory, TrainRun
 from mllm.config import RecipeConfig
-from mllm.data.builder import build_collator, build_dataset
 from mllm.data.feature_cache import FeatureCache
-from mllm.models.builder import DTYPES, BuiltModel, build_model, special_tokens_for, stage_template
-from mllm.models.lora import lora_settings
 from mllm.training.deepspeed_config import build_deepspeed_config
 from mllm.training.distributed import init_distributed
 from mllm.training.metrics import read_metrics
-from mllm.training.setup import (
-    attach_feature_cache,
-    enable_gradient_checkpointing,
-    seed_everything,
-)
-from mllm.training.stage import apply_stage
+from mllm.training.run import StageSetup, set_up_stage, stage_trainer
+from mllm.training.setup import attach_feature_cache
 from mllm.training.timing import StepTimer
-from mllm.training.trainer import Trainer
 
 #: Trainer sections (plus the vision tower's forward, timed by hooks) in report order.
 SECTIONS = ("data", "vision", "llm_forward", "backward", "optimizer")
 
 
-def build_for_stage(recipe: RecipeConfig, stage_name: str) -> BuiltModel:
-    """The stage's model as ``train_stage`` builds it: LoRA/QLoRA adapters, tune modes and
-    activation checkpointing applied (the stage's ``init_from`` weights are not loaded)."""
-    stage = recipe.stages[stage_name]
-    seed_everything(recipe.seed)
-    lora = lora_settings(recipe, stage_name)
-    built = build_model(
-        recipe.model,
-        dtype=DTYPES[stage.precision],
-        special_tokens=special_tokens_for(recipe),
-        quantize_llm=lora if stage.train.llm == "qlora" else None,
-    )
-    apply_stage(built.model, stage.train, lora)
-    if stage.gradient_checkpointing:
-        enable_gradient_checkpointing(built.model)
-    return built
+def set_up_without_cache(recipe: RecipeConfig, stage_name: str) -> StageSetup:
+    """The stage as a real run sets it up (adapters, tune modes, activation checkpointing,
+    data), without opening its feature cache; bench recipes have no ``init_from``."""
+    return set_up_stage(recipe, stage_name, feature_cache=False)
 
 
 def rebuild_feature_cache(recipe: RecipeConfig, stage_name: str) -> tuple[FeatureCache, float]:
@@ -63,12 +41,11 @@ def rebuild_feature_cache(recipe: RecipeConfig, stage_name: str) -> tuple[Featur
     stage = recipe.stages[stage_name]
     assert stage.data.feature_cache is not None
     shutil.rmtree(Path(stage.data.feature_cache), ignore_errors=True)
-    built = build_for_stage(recipe, stage_name)
-    dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
+    setup = set_up_without_cache(recipe, stage_name)
     started = time.perf_counter()
     with open(os.devnull, "w") as quiet, redirect_stderr(quiet):  # the build's progress bar
         cache = attach_feature_cache(
-            dataset, stage.data, built.model, f"stages.{stage_name}.data.feature_cache"
+            setup.dataset, stage.data, setup.built.model, f"stages.{stage_name}.data.feature_cache"
         )
     assert cache is not None
     return cache, time.perf_counter() - started
@@ -92,24 +69,10 @@ def train_ours(
     stage = recipe.stages[stage_name]
     runtime = init_distributed()
     ds_config = build_deepspeed_config(stage, runtime.world_size, f"stages.{stage_name}")
-    built = build_for_stage(recipe, stage_name)
-    dataset = build_dataset(stage.data, built, stage_template(recipe, stage))
-    attach_feature_cache(
-        dataset, stage.data, built.model, f"stages.{stage_name}.data.feature_cache"
-    )
+    setup = set_up_stage(recipe, stage_name, ds_config=ds_config)
     timer = StepTimer(sync=sync)
-    hooks = timer.watch(built.model.vision, "vision")
-    trainer = Trainer(
-        recipe=recipe,
-        stage_name=stage_name,
-        built=built,
-        dataset=dataset,
-        collator=build_collator(stage.data, built.tokenizer.pad_token_id),
-        ds_config=ds_config,
-        runtime=runtime,
-        saved_components=[],
-        timer=timer,
-    )
+    hooks = timer.watch(setup.built.model.vision, "vision")
+    trainer = stage_trainer(setup, runtime, timer=timer)
     # The trainer's progress bar would interleave with the report.
     with PeakMemory() as memory, open(os.devnull, "w") as quiet, redirect_stderr(quiet):
         trainer.train()

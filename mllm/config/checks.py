@@ -87,6 +87,7 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                     "step; freeze the tower or remove feature_cache",
                 )
             )
+        problems.extend(_check_frozen_modules(recipe, name))
         problems.extend(_check_adapters(recipe, name, index))
         problems.extend(_check_validation(recipe, name))
         if stage.zero_config is not None and check_files:
@@ -96,6 +97,34 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                 (
                     f"{key}.precision",
                     "fp16 needs loss scaling: give a zero_config (DeepSpeed) or use bf16",
+                )
+            )
+    return problems
+
+
+def _check_frozen_modules(recipe: RecipeConfig, name: str) -> list[tuple[str, str]]:
+    """Each frozen module sits inside a component the stage trains (else it is frozen anyway).
+
+    Whether the path exists is checked on the built model (``apply_stage``).
+    """
+    stage = recipe.stages[name]
+    modes = stage.train.model_dump()
+    problems: list[tuple[str, str]] = []
+    for i, path in enumerate(stage.frozen_modules):
+        key = f"stages.{name}.frozen_modules.{i}"
+        component, dot, rest = path.partition(".")
+        if component not in modes or not dot or not rest:
+            prefixes = ", ".join(f"{c}." for c in modes)
+            problems.append(
+                (key, f"{path!r} must be a module inside a component: start with {prefixes}")
+            )
+        elif modes[component] == "frozen":
+            problems.append(
+                (
+                    key,
+                    f"{path!r} is inside {component}, which this stage freezes entirely "
+                    f"(train.{component}: frozen): nothing to keep frozen; remove it or train "
+                    f"{component}",
                 )
             )
     return problems

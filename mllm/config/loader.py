@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mllm.config.schema import RecipeConfig
+from mllm.config.schema import REMOVED_KEY, RecipeConfig
 from mllm.registry import Registry, UnknownComponentError
 
 
@@ -98,12 +98,14 @@ def _format_loc(prefix: tuple[str, ...], loc: tuple[int | str, ...]) -> str:
 def _errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors():
-        reason = err["msg"]
+        reason, loc = err["msg"], err["loc"]
         if err["type"] == "extra_forbidden":
             reason = "unknown key"
+        elif err["type"] == REMOVED_KEY:  # raised by the section: point at the key itself
+            loc = (*loc, err["ctx"]["key"])
         elif "input" in err and err["type"] not in ("missing",):
             reason = f"{reason} (got {err['input']!r})"
-        problems.append((_format_loc(prefix, err["loc"]), reason))
+        problems.append((_format_loc(prefix, loc), reason))
     return problems
 
 

@@ -17,6 +17,9 @@ TuneMode = Literal["frozen", "full", "lora", "qlora"]
 ADAPTER_MODES = ("lora", "qlora")
 Precision = Literal["fp32", "bf16", "fp16"]
 AttnImplementation = Literal["auto", "flash_attention_2", "sdpa", "eager"]
+#: Error type a section's validator raises for a key that was removed; ``ctx["key"]`` names
+#: it and the message says what to write instead (the loader reports it at that key).
+REMOVED_KEY = "removed_key"
 
 
 def _as_list(value: object) -> object:
@@ -202,6 +205,11 @@ class EarlyStopConfig(StrictModel):
 class StageConfig(StrictModel):
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    frozen_modules: list[str] = Field(
+        default_factory=list,
+        description="module paths in the model (projector.qformer) kept frozen and in eval "
+        "mode although their component trains (MiniGPT-4 trains only the Q-Former's output)",
+    )
     lora: LoraConfig | None = Field(
         default=None, description="adapter settings when a component is lora/qlora (defaults apply)"
     )

@@ -18,17 +18,13 @@ import importlib.util
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from mllm.checkpoint import LoadedModel, load_checkpoint, read_manifest
 from mllm.models.llm import bitsandbytes_config, disable_cpu_repacking
 from mllm.models.lora import merge_adapters
-from mllm.training.checkpoint import read_manifest
-
-if TYPE_CHECKING:  # loading imports this module for its command-line options
-    from mllm.inference.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +117,6 @@ def load_quantized_checkpoint(
         CheckpointError: the folder is not a complete mllm checkpoint.
         QuantizationUnavailableError: bitsandbytes cannot quantise here.
     """
-    from mllm.inference.loading import load_checkpoint
-
     check_quantization(quantize)
     adapter = read_manifest(folder).get("adapters", {}).get("llm")
     if quantize == "4bit" and adapter is not None and adapter["mode"] == "qlora":

@@ -44,7 +44,7 @@ def load_foreign(
         template: the conversation template, when the folder's default is not the right one.
 
     Returns:
-        The model as ``mllm.inference.loading.load_checkpoint`` returns one; its manifest says
+        The model as ``mllm.checkpoint.load_checkpoint`` returns one; its manifest says
         ``format`` (``llava`` / ``llava-hf``), ``source`` and ``prompt_tokenization``.
 
     Raises:

@@ -50,7 +50,7 @@ def detect_format(folder: str | Path) -> FolderFormat:
         raise ForeignFormatError(f"{folder}: no such model folder")
     manifest = folder / "manifest.json"
     if manifest.is_file():
-        from mllm.training.checkpoint import FORMAT
+        from mllm.checkpoint import FORMAT
 
         if read_json(manifest).get("format") == FORMAT:
             return "mllm"

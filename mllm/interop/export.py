@@ -158,8 +158,8 @@ def _load(
         return load_model(
             source, dtype=dtype, vision_tower_path=vision_tower_path, base_llm=base_llm
         )
+    from mllm.checkpoint import RECIPE_NAME, read_manifest
     from mllm.models.lora import merge_adapters
-    from mllm.training.checkpoint import RECIPE_NAME, read_manifest
 
     if vision_tower_path or base_llm:
         raise UnsupportedExportError(
@@ -202,7 +202,7 @@ def export_hf_llava(
             options for an mllm checkpoint.
         ForeignFormatError, CheckpointError: ``source`` cannot be read.
     """
-    from mllm.training.checkpoint import commit_staging, prepare_staging
+    from mllm.checkpoint import commit_staging, prepare_staging
 
     source, out = Path(source).resolve(), Path(out).resolve()
     if source.is_relative_to(out):
@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     add_foreign_arguments(parser)
     args = parser.parse_args(argv)
+    from mllm.checkpoint import CheckpointError
     from mllm.config import RecipeError
-    from mllm.training.checkpoint import CheckpointError
 
     try:
         export_hf_llava(

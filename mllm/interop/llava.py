@@ -364,7 +364,7 @@ def convert_llava(src: str | Path, out: str | Path) -> Path:
     Raises:
         ForeignFormatError: ``src`` is no LLaVA checkpoint, has no ``.bin`` weights, or is ``out``.
     """
-    from mllm.training.checkpoint import commit_staging, prepare_staging
+    from mllm.checkpoint import commit_staging, prepare_staging
 
     src, out = Path(src).resolve(), Path(out).resolve()
     if detect_format(src) != "llava":

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mllm.accelerator import pin_deepspeed_accelerator
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,13 +34,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def pin_deepspeed_accelerator() -> None:
-    """Tell DeepSpeed the device through its own switch (``DS_ACCELERATOR``), so that it does
-    not guess and warn when it is imported: by us, or by accelerate inside transformers'
-    ``save_pretrained``, which imports it whenever it is installed."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
 #: DeepSpeed's name for its CPU shared-memory all-reduce op (``ShareMemCommBuilder.NAME``).

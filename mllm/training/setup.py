@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mllm import checkpoint as ckpt
 from mllm.config.checks import STAGE_REFERENCE
 from mllm.config.schema import DataConfig, LoraConfig, RecipeConfig
 from mllm.data.dataset import ConversationDataset
@@ -23,7 +24,6 @@ from mllm.data.feature_cache import (
 )
 from mllm.models.lora import add_adapters, merge_adapters
 from mllm.models.multimodal import MultimodalModel
-from mllm.training import checkpoint as ckpt
 from mllm.training.deepspeed_config import zero_stage
 
 logger = logging.getLogger(__name__)

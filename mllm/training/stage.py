@@ -1,20 +1,27 @@
 """Apply a stage's tune modes: freeze what the stage does not train and report what it does.
 
 ``lora``/``qlora`` wrap the LLM with adapters (``mllm.models.lora``) and train only those.
+``stages.S.frozen_modules`` keeps parts of a training component frozen and in eval mode. This
+file alone decides what trains: components and model options never override it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from mllm.config.schema import ADAPTER_MODES, LoraConfig, OptimConfig, TrainConfig
+from mllm.errors import UsageError
 from mllm.models.lora import ADAPTER_MARK, add_adapters, is_adapted
 from mllm.models.multimodal import COMPONENTS, MultimodalModel
 
 logger = logging.getLogger(__name__)
+
+#: How errors name ``frozen_modules`` when the caller does not say which stage it is.
+FROZEN_MODULES_KEY = "stages.S.frozen_modules"
 
 
 def _numel(param: nn.Parameter) -> int:
@@ -27,7 +34,12 @@ def _numel(param: nn.Parameter) -> int:
 
 
 def apply_stage(
-    model: MultimodalModel, train: TrainConfig, lora: LoraConfig | None = None
+    model: MultimodalModel,
+    train: TrainConfig,
+    lora: LoraConfig | None = None,
+    frozen_modules: Sequence[str] = (),
+    *,
+    key: str = FROZEN_MODULES_KEY,
 ) -> dict[str, tuple[int, int]]:
     """Set ``requires_grad`` per component and log a table of trainable / total parameters.
 
@@ -36,15 +48,22 @@ def apply_stage(
         train: the stage's tune mode per component.
         lora: adapter settings with target modules resolved (``lora_settings``); needed when
             the LLM is lora/qlora and has no adapters yet.
+        frozen_modules: module paths in ``model`` (``projector.qformer``) frozen and kept in
+            eval mode although their component trains (``stages.S.frozen_modules``).
+        key: the recipe key of ``frozen_modules``, for errors (``stages.NAME.frozen_modules``).
 
     Returns:
-        ``{component: (trainable, total)}``.
+        ``{component: (trainable, total)}``, frozen modules counted as not trainable.
+
+    Raises:
+        UsageError: a path in ``frozen_modules`` names no module of ``model``.
     """
     if train.llm in ADAPTER_MODES and not is_adapted(model.llm):
         if lora is None or lora.target_modules is None:
             raise ValueError("apply_stage: llm is lora/qlora but no resolved lora settings given")
         add_adapters(model, lora, train.llm)
-    table: dict[str, tuple[int, int]] = {}
+    # Paths are those of the model that trains (an adapted LLM sits under llm.base_model.model).
+    frozen = resolve_frozen_modules(model, frozen_modules, key)
     for name in COMPONENTS:
         mode = getattr(train, name)
         module = model.component(name)
@@ -52,15 +71,68 @@ def apply_stage(
         if mode in ADAPTER_MODES:
             for param_name, param in module.named_parameters():
                 param.requires_grad_(ADAPTER_MARK in param_name)
-        # A frozen part runs in eval mode so dropout never perturbs features it cannot learn from.
-        module.train(mode != "frozen")
-        params = list(module.parameters())
+    for module in frozen:
+        module.requires_grad_(False)
+    table: dict[str, tuple[int, int]] = {}
+    for name in COMPONENTS:
+        params = list(model.component(name).parameters())
         table[name] = (
             sum(_numel(p) for p in params if p.requires_grad),
             sum(_numel(p) for p in params),
         )
+    set_modes(model, train, frozen_modules, key=key)
     logger.info("parameters per component:\n%s", format_parameter_table(train, table))
+    if frozen_modules:
+        logger.info("kept frozen inside trained components: %s", ", ".join(frozen_modules))
     return table
+
+
+def set_modes(
+    model: MultimodalModel,
+    train: TrainConfig,
+    frozen_modules: Sequence[str] = (),
+    *,
+    key: str = FROZEN_MODULES_KEY,
+) -> None:
+    """Train mode for the components a stage trains, eval mode for the frozen ones and for
+    ``frozen_modules``, so that dropout never perturbs features a part cannot learn from. The
+    trainer calls it again whenever the engine has switched the whole model (after validation,
+    at the start)."""
+    for name in COMPONENTS:
+        model.component(name).train(getattr(train, name) != "frozen")
+    for module in resolve_frozen_modules(model, frozen_modules, key):
+        module.eval()
+
+
+def resolve_frozen_modules(
+    model: MultimodalModel, paths: Sequence[str], key: str = FROZEN_MODULES_KEY
+) -> list[nn.Module]:
+    """The modules at ``paths`` (``projector.qformer``), each inside a component.
+
+    Raises:
+        UsageError: a path names no module; the message lists the valid names where it stops.
+    """
+    modules = []
+    for path in paths:
+        parts = path.split(".")
+        if parts[0] not in COMPONENTS or len(parts) < 2:
+            raise UsageError(
+                f"{key}: {path!r} is not a module inside a component; paths start with "
+                f"{', '.join(f'{c}.' for c in COMPONENTS)} (e.g. projector.qformer)"
+            )
+        module: nn.Module = model.component(parts[0])
+        for depth, part in enumerate(parts[1:], start=1):
+            children = dict(module.named_children())
+            if part not in children:
+                where = ".".join(parts[:depth])
+                nearby = ", ".join(f"{where}.{child}" for child in children) or "none"
+                raise UsageError(
+                    f"{key}: {path!r} names no module of this model: {where} has no {part!r}; "
+                    f"modules of {where}: {nearby}"
+                )
+            module = children[part]
+        modules.append(module)
+    return modules
 
 
 def format_parameter_table(train: TrainConfig, table: dict[str, tuple[int, int]]) -> str:

@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mllm import checkpoint as ckpt
 from mllm.config import RecipeConfig, dump_recipe
 from mllm.models.builder import BuiltModel
-from mllm.training import checkpoint as ckpt
 from mllm.training.deepspeed_config import offloads_optimizer
 from mllm.training.distributed import Runtime, all_reduce_sum
 from mllm.training.early_stop import EarlyStopping
@@ -29,10 +29,10 @@ from mllm.training.sampler import (
     step_loader,
     total_optimizer_steps,
 )
-from mllm.training.stage import parameter_groups
+from mllm.training.stage import parameter_groups, set_modes
 from mllm.training.summary import RunSummary, RunTotals, summarise
 from mllm.training.timing import NullTimer
-from mllm.training.validation import Validator
+from mllm.training.validation import Validator, describe_validation
 
 logger = logging.getLogger(__name__)
 
@@ -269,11 +269,14 @@ class Trainer:
         return last
 
     def _train_mode(self) -> None:
-        """Train mode, except frozen components, which stay in eval mode (dropout off)."""
+        """The engine in train mode, each component in the mode its stage gives it."""
         self.engine.train()
-        for name, mode in self.stage.train.model_dump().items():
-            if mode == "frozen":
-                self.built.model.component(name).eval()
+        set_modes(
+            self.built.model,
+            self.stage.train,
+            self.stage.frozen_modules,
+            key=f"stages.{self.stage_name}.frozen_modules",
+        )
 
     def _validation_due(self) -> bool:
         every = self.stage.eval.every if self.stage.eval is not None else None
@@ -288,20 +291,10 @@ class Trainer:
         self.validation = values
         self.metrics.log(self.step, values)
         self._postfix["val_loss"] = f"{values['val_loss']:.4f}"
-        accuracy = ""
         if "val_accuracy" in values:
             self._postfix["val_acc"] = f"{values['val_accuracy']:.1%}"
-            accuracy = (
-                f", val_accuracy {values['val_accuracy']:.1%} of {values['val_questions']:.0f}"
-            )
         progress.set_postfix(self._postfix)
-        logger.info(
-            "step %d: val_loss %.4f%s (%.1f s)",
-            self.step,
-            values["val_loss"],
-            accuracy,
-            values["val_seconds"],
-        )
+        logger.info("step %d: %s", self.step, describe_validation(values))
         if self.early_stop is not None and self.early_stop.update(self.step, values):
             self.save_best(values)
 

@@ -86,6 +86,19 @@ def single_answer_questions(
     return questions, too_long
 
 
+def describe_validation(values: dict[str, float]) -> str:
+    """One line for the console: loss, accuracy and, for a mix, its two sides."""
+    text = f"val_loss {values['val_loss']:.4f}"
+    if "val_accuracy" in values:
+        text += f", val_accuracy {values['val_accuracy']:.1%} of {values['val_questions']:.0f}"
+    if "val_accuracy_image" in values:
+        text += (
+            f" (with images {values['val_accuracy_image']:.1%}, "
+            f"text-only {values['val_accuracy_text']:.1%})"
+        )
+    return text + f" ({values['val_seconds']:.1f} s)"
+
+
 def _shard_batches(items: Sequence, rank: int, world_size: int, size: int) -> Iterator[list]:
     """This rank's share of ``items`` in batches of ``size``; every rank yields the same number
     of batches (some possibly empty), so that collective forward passes stay matched."""
@@ -154,7 +167,9 @@ class Validator:
 
         Returns:
             ``val_loss``, ``val_tokens`` (target tokens), ``val_samples``, and with questions
-            ``val_accuracy`` (in [0, 1]) and ``val_questions``; equal on every rank.
+            ``val_accuracy`` (in [0, 1]) and ``val_questions``; when questions with and without
+            images are mixed (LLaVA's instruct mix), ``val_accuracy_image`` and
+            ``val_accuracy_text`` too. Equal on every rank.
         """
         started = time.perf_counter()
         engine.eval()
@@ -165,8 +180,14 @@ class Validator:
             "val_samples": samples,
         }
         if self.questions:
-            correct, asked = self._accuracy()
+            counts = self._accuracy()  # [correct, asked] with images, then text-only
+            correct, asked = counts[0] + counts[2], counts[1] + counts[3]
             values.update(val_accuracy=correct / max(asked, 1), val_questions=asked)
+            if counts[1] and counts[3]:  # a mix: say which side the misses are on
+                values.update(
+                    val_accuracy_image=counts[0] / counts[1],
+                    val_accuracy_text=counts[2] / counts[3],
+                )
         values["val_seconds"] = time.perf_counter() - started
         return values
 
@@ -197,9 +218,10 @@ class Validator:
         loss_sum, tokens, samples = all_reduce_sum([loss_sum, tokens, samples], self.runtime.device)
         return loss_sum, int(tokens), int(samples)
 
-    def _accuracy(self) -> tuple[int, int]:
-        """Correct answers and questions asked over every rank."""
-        correct = asked = 0
+    def _accuracy(self) -> list[int]:
+        """Correct answers and questions asked over every rank: ``[correct, asked]`` for
+        questions with images, then for text-only ones."""
+        counts = [0, 0, 0, 0]
         rank, world = self.runtime.rank, self.runtime.world_size
         settings = SamplingSettings(max_new_tokens=self.config.max_new_tokens)
         for batch in _shard_batches(self.questions, rank, world, self.config.batch_size):
@@ -212,10 +234,10 @@ class Validator:
             if dummy:
                 continue
             for (question, _), completion in zip(asking, completions, strict=True):
-                correct += is_correct(completion.text, question.answer)
-                asked += 1
-        correct, asked = all_reduce_sum([correct, asked], self.runtime.device)
-        return int(correct), int(asked)
+                side = 0 if question.images else 2
+                counts[side] += is_correct(completion.text, question.answer)
+                counts[side + 1] += 1
+        return [int(c) for c in all_reduce_sum(counts, self.runtime.device)]
 
     def _request(
         self, question: Question, *, dummy: bool = False

@@ -8,12 +8,15 @@ from bert-base) and load a BLIP-2 / LAVIS / MiniGPT-4 / transformers Q-Former ch
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
-from mllm.config.schema import ProjectorConfig
+from mllm.config.schema import REMOVED_KEY, ProjectorConfig
 from mllm.models.projectors.base import Projector
 from mllm.models.projectors.positions import (
     FeaturePosition,
@@ -64,11 +67,23 @@ class QFormerProjectorConfig(ProjectorConfig):
         "llm_proj, llama_proj, ...) when its shape matches; off since it was trained for "
         "another LLM (MiniGPT-4 trains its linear layer from scratch)",
     )
-    freeze_qformer: bool = Field(
-        default=False,
-        description="keep the Q-Former (queries, norms, blocks) frozen; only the output linear "
-        "layer trains (MiniGPT-4)",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_freeze_qformer(cls, data: Any) -> Any:
+        # Removed: a model option must not change what a stage trains (stage.py decides).
+        # ``false`` changed nothing and is in the recipes saved by older checkpoints: dropped.
+        if isinstance(data, dict) and data.get("freeze_qformer", True) is False:
+            return {k: v for k, v in data.items() if k != "freeze_qformer"}
+        if isinstance(data, dict) and "freeze_qformer" in data:
+            raise PydanticCustomError(
+                REMOVED_KEY,
+                "removed: stages decide what trains; to train only the output layer, remove it "
+                "and use stages.S.frozen_modules: [projector.qformer] in each stage that "
+                "trains the projector",
+                {"key": "freeze_qformer"},
+            )
+        return data
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> QFormerProjectorConfig:
@@ -170,9 +185,8 @@ class QFormerProjector(Projector):
     """``[num_images, num_patches, vision_dim] -> [num_images, num_queries, llm_dim]``.
 
     Holds ``qformer`` (:class:`QFormer`) and ``out_proj`` (the linear map to the LLM width).
-    With ``freeze_qformer`` the Q-Former stays frozen and in eval mode whatever
-    ``requires_grad_`` / ``train`` the stage applies to the whole projector, so a stage with
-    ``projector: full`` trains only ``out_proj``.
+    A stage with ``projector: full`` and ``frozen_modules: [projector.qformer]`` trains only
+    ``out_proj`` (MiniGPT-4).
     """
 
     def __init__(
@@ -197,8 +211,6 @@ class QFormerProjector(Projector):
                     f"model.projector.qformer_weights: no Q-Former weights in "
                     f"{config.qformer_weights} match this projector\n{report.summary()}"
                 )
-        if config.freeze_qformer:
-            self.qformer.requires_grad_(False)
 
     @property
     def num_output_tokens(self) -> int:
@@ -206,18 +218,6 @@ class QFormerProjector(Projector):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.qformer(features))  # [num_images, num_queries, llm_dim]
-
-    def requires_grad_(self, requires_grad: bool = True) -> QFormerProjector:
-        super().requires_grad_(requires_grad)
-        if self.config.freeze_qformer:
-            self.qformer.requires_grad_(False)
-        return self
-
-    def train(self, mode: bool = True) -> QFormerProjector:
-        super().train(mode)
-        if self.config.freeze_qformer:
-            self.qformer.eval()  # no dropout in a part that cannot learn
-        return self
 
 
 def _init_bert_style(module: nn.Module) -> None:

@@ -1,27 +1,13 @@
-"""Checkpoint folders: fixed file names, written atomically, loadable by explicit path.
+"""Checkpoint weights: safetensors read and write, gathering ZeRO-3-partitioned tensors.
 
-A stage output (``STAGE/final``) and a periodic checkpoint (``STAGE/checkpoints/step_N``) share
-one layout, so either can be an ``init_from`` or be loaded for inference::
-
-    model.safetensors   weights of every component trained so far (full tensors, even under ZeRO-3);
-                        for an LLM with adapters only the adapter tensors (``...lora_A/B...``)
-                        when its base is the pretrained ``model.llm.path``
-    manifest.json       format, stage, step, components, adapters, metrics, library versions
-    recipe.yaml         the resolved recipe
-    tokenizer files     the tokenizer with the image token
-    engine/, trainer_state.json, rng_state_rank*.safetensors   (periodic checkpoints only)
-
-A folder is complete iff it exists under its final name: it is filled under a staging name and
-renamed when everything is written, so a crash never leaves a folder that looks complete.
+``model.safetensors`` holds full tensors of every component trained so far, even under ZeRO-3;
+of an LLM with adapters only the adapter tensors (``...lora_A/B...``) when its base is the
+pretrained ``model.llm.path``. The folder's other files are in ``mllm.checkpoint.layout``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import os
-import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,36 +17,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from mllm.checkpoint.layout import (
+    RECIPE_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    read_manifest,
+    write_manifest,
+)
 from mllm.config.schema import ADAPTER_MODES, LoraConfig
 from mllm.models.families import get_family
 from mllm.models.lora import ADAPTER_MARK, is_adapted
 
-WEIGHTS_NAME = "model.safetensors"
-MANIFEST_NAME = "manifest.json"
-RECIPE_NAME = "recipe.yaml"
-TRAINER_STATE_NAME = "trainer_state.json"
-ENGINE_DIR = "engine"
-FORMAT = "mllm-checkpoint"
-FORMAT_VERSION = 1
 #: Attribute set on an LLM whose base weights came from a checkpoint (not ``model.llm.path``):
 #: its adapted checkpoints then hold the base weights too.
 BASE_FROM_CHECKPOINT = "mllm_base_from_checkpoint"
-
-
-class CheckpointError(ValueError):
-    """A folder that is not a complete, matching mllm checkpoint."""
-
-
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {}
-    for package in ("mllm", "torch", "transformers", "peft", "deepspeed", "safetensors"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            continue
-    return versions
 
 
 def _is_zero3(param: torch.Tensor) -> bool:
@@ -180,92 +150,6 @@ def load_weights(model: nn.Module, folder: Path) -> list[str]:
     return names
 
 
-def read_manifest(folder: Path) -> dict:
-    manifest_path = folder / MANIFEST_NAME
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such checkpoint folder")
-    if not manifest_path.is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise CheckpointError(
-            f"{folder}: not a complete mllm checkpoint (needs {MANIFEST_NAME} and {WEIGHTS_NAME})"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{manifest_path}: format is {manifest.get('format')!r}, not {FORMAT!r}"
-        )
-    return manifest
-
-
-def staging_path(final: Path) -> Path:
-    """Where a folder is filled before it becomes ``final`` (same name on every rank)."""
-    return final.parent / f".{final.name}.partial"
-
-
-def prepare_staging(final: Path) -> Path:
-    """Empty staging folder for ``final`` (main rank only; leftovers of a crash are discarded)."""
-    staging = staging_path(final)
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def commit_staging(final: Path) -> None:
-    """Make the staged folder visible under ``final`` in one rename (main rank only)."""
-    staging = staging_path(final)
-    _fsync_tree(staging)
-    if final.exists():
-        retired = final.parent / f".{final.name}.old"
-        if retired.exists():
-            shutil.rmtree(retired)
-        final.rename(retired)
-        staging.rename(final)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(final)
-
-
-def write_folder(final: Path, write: Callable[[Path], None], *, is_main: bool) -> Path:
-    """Fill ``final`` through its staging folder with ``write(staging)`` (collective: every
-    rank calls it, and ``write`` may itself be collective).
-
-    A failure while writing (a full disk) removes the staging folder and reports it; earlier
-    checkpoints and a previous ``final`` stay as they were.
-
-    Raises:
-        CheckpointError: writing failed with an ``OSError``.
-    """
-    if is_main:
-        prepare_staging(final)
-    _barrier()
-    staging = staging_path(final)
-    try:
-        write(staging)
-    except OSError as exc:
-        if is_main:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write {final}: {exc}; earlier checkpoints are untouched"
-        ) from exc
-    _barrier()
-    if is_main:
-        commit_staging(final)
-    _barrier()
-    return final
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
 def write_weights_and_manifest(
     folder: Path,
     state: dict[str, torch.Tensor],
@@ -287,24 +171,12 @@ def write_weights_and_manifest(
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     (folder / RECIPE_NAME).write_text(recipe_yaml)
     tokenizer.save_pretrained(str(folder))
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "stage": stage,
-        "step": step,
-        "components": components,
-        "adapters": adapters_manifest(recipe_yaml, stage, state) if adapters is None else adapters,
-        "metrics": metrics,
-        "versions": library_versions(),
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
-    }
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete periodic checkpoints under ``root``, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step_*") if p.is_dir() and (p / MANIFEST_NAME).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    write_manifest(
+        folder,
+        stage=stage,
+        step=step,
+        components=components,
+        adapters=adapters_manifest(recipe_yaml, stage, state) if adapters is None else adapters,
+        metrics=metrics,
+        extra=extra,
+    )

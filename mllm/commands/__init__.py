@@ -1,0 +1,1 @@
+"""Command lines, one module per command; the library below them takes typed arguments."""

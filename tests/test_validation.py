@@ -16,6 +16,7 @@ import torch
 import yaml
 from training_utils import make_workspace, run_train, tiny_recipe, write_recipe
 
+from mllm.checkpoint import read_manifest
 from mllm.config import RecipeError, validate_recipe
 from mllm.config.checks import check_data_paths
 from mllm.config.schema import EarlyStopConfig, EvalConfig
@@ -26,7 +27,6 @@ from mllm.eval.scoring import is_correct
 from mllm.inference import load_model
 from mllm.models import build_model
 from mllm.models.builder import special_tokens_for, stage_template
-from mllm.training.checkpoint import read_manifest
 from mllm.training.distributed import Runtime
 from mllm.training.early_stop import EarlyStopping
 from mllm.training.metrics import read_metrics
@@ -131,9 +131,13 @@ def test_held_out_records_are_not_trained_on(ws, tmp_path):
 # ---------------------------------------------------------------- against mllm eval
 
 
+TEXT_QUESTION = ("How many sides does a triangle have?", "3")
+
+
 def _eval_records(trained_shapes) -> list[dict]:
     """The held-out colour and count questions as LLaVA records, plus a two-exchange record
-    (loss only) and a reference too long for the answer budget (loss only)."""
+    (loss only), a reference too long for the answer budget (loss only) and a text-only
+    question."""
     records = [
         {
             "id": f"q{index}",
@@ -165,6 +169,15 @@ def _eval_records(trained_shapes) -> list[dict]:
             "conversations": [
                 {"from": "human", "value": f"<image>\n{second.text}"},
                 {"from": "gpt", "value": " ".join([second.answer] * 12)},
+            ],
+        }
+    )
+    records.append(  # a text-only question, as LLaVA's instruct mix has
+        {
+            "id": "text",
+            "conversations": [
+                {"from": "human", "value": TEXT_QUESTION[0]},
+                {"from": "gpt", "value": TEXT_QUESTION[1]},
             ],
         }
     )
@@ -201,14 +214,16 @@ def test_validation_scores_what_mllm_eval_scores(trained_shapes, tmp_path):
         }
         for i, q in enumerate(trained_shapes.held_out)
     ]
+    questions.append({"question_id": len(questions), "text": TEXT_QUESTION[0]})
+    answers = [q.answer for q in trained_shapes.held_out] + [TEXT_QUESTION[1]]
     predictions = answer_questions(loaded, questions, trained_shapes.image_folder, max_new_tokens=8)
-    correct = sum(
-        is_correct(p["text"], q.answer)
-        for p, q in zip(predictions, trained_shapes.held_out, strict=True)
-    )
-    assert values["val_questions"] == len(trained_shapes.held_out)  # not two-turns, not long
-    assert values["val_accuracy"] == correct / len(trained_shapes.held_out)
-    assert values["val_accuracy"] > 0.8  # a trained model: the number means something
+    hits = [is_correct(p["text"], a) for p, a in zip(predictions, answers, strict=True)]
+    asked = len(trained_shapes.held_out) + 1  # not two-turns, not long
+    assert values["val_questions"] == asked
+    assert values["val_accuracy"] == sum(hits) / asked
+    assert values["val_accuracy_image"] == sum(hits[:-1]) / (asked - 1)
+    assert values["val_accuracy_text"] == hits[-1]
+    assert values["val_accuracy_image"] > 0.8  # a trained model: the number means something
 
     # Loss: the training loss of each sample alone, weighted by its target tokens.
     total, tokens = 0.0, 0
@@ -224,7 +239,7 @@ def test_validation_scores_what_mllm_eval_scores(trained_shapes, tmp_path):
             ).loss
             total += float(loss) * count
             tokens += count
-    assert values["val_samples"] == len(held) == len(trained_shapes.held_out) + 2
+    assert values["val_samples"] == len(held) == len(trained_shapes.held_out) + 3
     assert values["val_tokens"] == tokens
     assert values["val_loss"] == pytest.approx(total / tokens, rel=1e-5)
 
@@ -270,8 +285,12 @@ def test_sharded_validation_equals_one_process(trained_shapes, tmp_path):
     ]:
         raw = _tune_recipe(trained_shapes, tmp_path / name, eval_json)
         raw["stages"]["tune"]["zero_config"] = zero
+        # the sharded runs start as `mllm train` modules, the way launchers start them
         run_train(
-            [str(write_recipe(tmp_path / f"{name}.yaml", raw))], nproc=nproc, launcher=launcher
+            [str(write_recipe(tmp_path / f"{name}.yaml", raw))],
+            nproc=nproc,
+            launcher=launcher,
+            module=nproc > 1,
         )
         rows = _validation_rows(tmp_path / name / "out" / "tune")
         assert [row["step"] for row in rows] == [1, 2]
@@ -279,10 +298,12 @@ def test_sharded_validation_equals_one_process(trained_shapes, tmp_path):
         manifest = read_manifest(tmp_path / name / "out" / "tune" / "final")
         assert manifest["metrics"]["val_accuracy"] == rows[-1]["val_accuracy"]
     single = results["single"]
-    assert single["val_accuracy"] > 0.8
+    assert single["val_accuracy_image"] > 0.8
     for name in ("zero2", "zero3"):
         sharded = results[name]
-        for key in ("val_accuracy", "val_questions", "val_samples", "val_tokens"):
+        for key in ("val_accuracy", "val_accuracy_image", "val_accuracy_text", "val_questions"):
+            assert sharded[key] == single[key], (name, key)
+        for key in ("val_samples", "val_tokens"):
             assert sharded[key] == single[key], (name, key)
         assert sharded["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4), name
 
@@ -304,7 +325,7 @@ def test_early_stop_keeps_the_best_and_a_resumed_run_stops_at_the_same_step(ws, 
         },
     )
     recipe = write_recipe(tmp_path / "r.yaml", raw)
-    result = run_train([str(recipe), "--stage", "align"])
+    result = run_train([str(recipe), "--stage", "align"], module=True)  # as `mllm train`
     stage_dir = tmp_path / "run" / "align"
     assert [row["step"] for row in _validation_rows(stage_dir)] == [1, 2, 3]
     final, best = read_manifest(stage_dir / "final"), read_manifest(stage_dir / "best")

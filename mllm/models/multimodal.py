@@ -60,6 +60,11 @@ class MultimodalModel(nn.Module):
         proj_dtype = next(self.projector.parameters()).dtype
         return self.projector(features.to(proj_dtype))
 
+    @property
+    def _partitioned(self) -> bool:
+        """Whether ZeRO-3 partitions the image path's weights (their gathers are collective)."""
+        return hasattr(next(self.projector.parameters()), "ds_id")
+
     def embed(
         self,
         input_ids: torch.Tensor,
@@ -91,11 +96,12 @@ class MultimodalModel(nn.Module):
             num_slots = int(is_image.sum())
             if num_slots:
                 raise ImageFeatureCountError(f"{num_slots} image placeholder tokens but no images")
-            if self.training:
+            if self.training or self._partitioned:
                 # Run the image path on one blank image and add it times zero: under ZeRO-3
-                # every rank must gather the same parameters in the same order, and DDP expects
-                # a gradient for every trained parameter, even when this batch has no image.
-                # Batches from a feature cache never run the tower, so neither does this one.
+                # every rank must gather the same parameters in the same order (in training
+                # and in a sharded validation alike), and DDP expects a gradient for every
+                # trained parameter, even when this batch has no image. Batches from a
+                # feature cache never run the tower, so neither does this one.
                 if image_features is not None:
                     blank = self.project_features(image_features.new_zeros(1, *images.shape[1:]))
                 else:

@@ -36,7 +36,7 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("mllm.checkpoint.layout", "CheckpointError", USAGE),
     ("mllm.models.attention", "AttentionUnavailableError", USAGE),
     ("mllm.data.feature_cache", "FeatureCacheError", USAGE),
-    ("mllm.inference.loading", "ModelLoadError", USAGE),
+    ("mllm.commands.model_options", "ModelLoadError", USAGE),
     ("mllm.inference.quantize", "QuantizationUnavailableError", USAGE),
     ("mllm.interop.detect", "ForeignFormatError", USAGE),
     ("mllm.interop.export", "UnsupportedExportError", USAGE),

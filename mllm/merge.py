@@ -5,7 +5,7 @@ standalone model folder that loads without peft or the base model paths::
     DIR/vision/          the vision tower and its image processor
     DIR/model.safetensors, manifest.json, recipe.yaml, tokenizer files
                          an mllm checkpoint whose recipe points at llm/ and vision/ (absolute
-                         paths), so ``load_checkpoint`` / ``mllm eval`` / ``init_from`` take it
+                         paths), so ``mllm.load`` / ``mllm eval`` / ``init_from`` take it
 
 From a QLoRA checkpoint the 4-bit base is dequantised and the update added in full precision:
 the merged model reproduces the adapted 4-bit model, not "original weights + update".
@@ -15,7 +15,6 @@ CPU:  mllm merge runs/demo/shapes-mlp/instruct/final --out runs/demo/merged
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 from mllm import checkpoint as ckpt
 from mllm.config import dump_recipe
-from mllm.models.builder import DTYPES
+from mllm.models.assembly import DTYPES
 from mllm.models.lora import merge_adapters
 
 logger = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp32
         CheckpointError: ``checkpoint`` is not a complete mllm checkpoint.
     """
     out = Path(out).resolve()
-    loaded = ckpt.load_checkpoint(checkpoint, dtype=torch.float32)
+    loaded = ckpt.load_mllm_checkpoint(checkpoint, dtype=torch.float32)
     adapters = loaded.manifest.get("adapters", {})
     model = loaded.built.model
     merge_adapters(model)
@@ -78,18 +77,3 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp32
     ckpt.commit_staging(out)
     logger.info("merged %s (adapters: %s) into %s", checkpoint, list(adapters) or "none", out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mllm merge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint", help="an mllm checkpoint folder (e.g. runs/NAME/STAGE/final)")
-    parser.add_argument("--out", required=True, help="folder to write the standalone model to")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    args = parser.parse_args(argv)
-    try:
-        merge_checkpoint(args.checkpoint, args.out, args.dtype)
-    except ckpt.CheckpointError as exc:
-        parser.exit(2, f"mllm merge: {exc}\n")
-    return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from mllm.bench.cli import main
+from mllm.commands.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,17 +8,17 @@ import pytest
 import torch
 from training_utils import make_workspace, tiny_recipe
 
-import mllm.config.checks as checks
 from mllm.config import RecipeError, validate_recipe
-from mllm.models import build_model
+from mllm.data.recipe_templates import special_tokens_for
+from mllm.models import attention, build_model
 from mllm.models.attention import (
     AttentionUnavailableError,
     load_with_attention,
     resolve_attn_implementation,
 )
-from mllm.models.builder import special_tokens_for
+from mllm.training.environment import check_environment
 
-FLASH_PROBLEM = checks.flash_attention_unavailable_reason()
+FLASH_PROBLEM = attention.flash_attention_unavailable_reason()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _recipe(ws, tmp_path, **llm):
 
 
 def test_auto_is_the_default_and_picks_sdpa_without_flash(ws, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(checks, "flash_attention_unavailable_reason", lambda: "no CUDA device")
+    monkeypatch.setattr(attention, "flash_attention_unavailable_reason", lambda: "no CUDA device")
     recipe = _recipe(ws, tmp_path)
     assert recipe.model.llm.attn_implementation == "auto"
     with caplog.at_level(logging.INFO, logger="mllm.models.attention"):
@@ -44,7 +44,7 @@ def test_auto_is_the_default_and_picks_sdpa_without_flash(ws, tmp_path, caplog, 
 
 
 def test_auto_picks_flash_when_it_can_run(monkeypatch):
-    monkeypatch.setattr(checks, "flash_attention_unavailable_reason", lambda: None)
+    monkeypatch.setattr(attention, "flash_attention_unavailable_reason", lambda: None)
     assert resolve_attn_implementation("auto") == "flash_attention_2"
 
 
@@ -59,11 +59,11 @@ def test_flash_where_it_cannot_run_fails_clearly_or_falls_back(ws, tmp_path, cap
     recipe = _recipe(ws, tmp_path, attn_implementation="flash_attention_2")
     with pytest.raises(AttentionUnavailableError, match="attn_fallback: warn"):
         build_model(recipe.model, special_tokens=special_tokens_for(recipe))
-    problems = checks.check_environment(recipe, list(recipe.stages))
+    problems = check_environment(recipe, list(recipe.stages))
     assert len(problems) == 1 and problems[0].startswith("model.llm.attn_implementation")
 
     recipe = _recipe(ws, tmp_path, attn_implementation="flash_attention_2", attn_fallback="warn")
-    assert checks.check_environment(recipe, list(recipe.stages)) == []
+    assert check_environment(recipe, list(recipe.stages)) == []
     with caplog.at_level(logging.WARNING, logger="mllm.models.attention"):
         built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
     assert built.model.llm.config._attn_implementation == "sdpa"

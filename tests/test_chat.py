@@ -23,13 +23,15 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoTokenizer
 
+import mllm
 from mllm.cli import main as cli
+from mllm.commands.chat import main
+from mllm.commands.model_options import load_model_from_args
+from mllm.commands.serve import build_parser as serve_parser
 from mllm.data.images import load_image
 from mllm.data.templates import get_template
-from mllm.inference import GenerationRequest, SamplingSettings, complete, load_model
-from mllm.inference.chat import ChatSession, main, run_interactive
-from mllm.inference.loading import load_model_from_args
-from mllm.serve.server import build_parser as serve_parser
+from mllm.inference import GenerationRequest, SamplingSettings, complete
+from mllm.inference.chat import ChatSession, run_interactive
 from mllm.tiny import make_tiny_models
 
 
@@ -115,7 +117,7 @@ def test_interactive_chat_keeps_history_and_obeys_commands(trained_shapes):
 
 
 def test_a_session_sends_the_history_with_each_question(trained_shapes):
-    loaded = load_model(trained_shapes.checkpoint)
+    loaded = mllm.load(trained_shapes.checkpoint)
     first = trained_shapes.held_out[0]
     session = ChatSession(loaded, SamplingSettings(max_new_tokens=8), load_image(first.image))
     out = io.StringIO()
@@ -226,7 +228,7 @@ def test_chat_and_eval_answer_an_original_llava_folder_as_llava_does(llava, tmp_
 
     # The prompt is tokenized piece by piece around the image, as LLaVA does: one token more
     # than tokenizing it whole with <image> as a special token (the "▁" after the image).
-    loaded = load_model(folder, vision_tower_path=str(llava["clip"]))
+    loaded = mllm.load(folder, vision_tower_path=str(llava["clip"]))
     request = GenerationRequest(turns, [load_image(paths[0])])
     (completion,) = complete(loaded, [request], SamplingSettings(max_new_tokens=1))
     llava_length = len(llava_tokenizer_image_token(tokenizer, prompt)) - 1 + 16

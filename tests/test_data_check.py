@@ -25,6 +25,7 @@ from bad_corpus import (
     make_corpus,
 )
 
+from mllm.commands.data_check import check_main
 from mllm.data import (
     BadRecord,
     ConversationDataset,
@@ -33,7 +34,6 @@ from mllm.data import (
     get_template,
 )
 from mllm.data.preflight import TokenSettings, check_data
-from mllm.data.preflight.cli import main as check_main
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +331,7 @@ def test_image_tokens_from_configs_match_the_built_model(
 ) -> None:
     from mllm.config.schema import ModelConfig
     from mllm.data.preflight.model_info import image_tokens_per_image
-    from mllm.models.registry import VISION_TOWERS
+    from mllm.models.catalog import VISION_TOWERS
     from mllm.tiny import make_tiny_vision_tower
 
     path = make_tiny_vision_tower(tmp_path / name, name, image_size=32, patch_size=8)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from training_utils import make_workspace, run_train, tiny_recipe, workspace_dataset, write_recipe
 
-from mllm.cache_features import main as cache_features_main
+from mllm.commands.cache_features import main as cache_features_main
 from mllm.config import RecipeError, validate_recipe
 from mllm.config.schema import DataConfig
 from mllm.data import BadRecord, DataCollator, read_records
@@ -20,8 +20,8 @@ from mllm.data.feature_cache import (
     feature_fingerprint,
 )
 from mllm.data.packing import PackingCollator
+from mllm.data.recipe_templates import special_tokens_for
 from mllm.models import build_model
-from mllm.models.builder import special_tokens_for
 from mllm.training.metrics import read_metrics
 from mllm.training.setup import attach_feature_cache
 from mllm.training.stage import apply_stage

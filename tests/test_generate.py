@@ -10,9 +10,11 @@ import yaml
 from trained_shapes import answer_targets
 from training_utils import run_train, write_recipe
 
+import mllm
 from mllm.checkpoint import CheckpointError
 from mllm.config import load_recipe
 from mllm.data.images import load_image
+from mllm.data.recipe_templates import special_tokens_for
 from mllm.data.templates import get_template
 from mllm.inference import (
     GenerationRequest,
@@ -20,18 +22,17 @@ from mllm.inference import (
     SamplingSettings,
     complete,
     generate,
-    load_model,
     stream,
 )
 from mllm.inference import loading as loading_module
 from mllm.inference.generate import _prepare
-from mllm.models.builder import build_model, special_tokens_for
+from mllm.models.assembly import build_model
 
 
 @pytest.fixture(scope="module")
 def loaded(trained_shapes):
     torch.set_num_threads(1)
-    return load_model(trained_shapes.checkpoint)
+    return mllm.load(trained_shapes.checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,7 @@ def test_bad_requests_fail_before_generating(loaded, trained_shapes):
 
 @pytest.mark.parametrize("quantize", ["4bit", "8bit"])
 def test_quantized_loading_still_answers(trained_shapes, quantize):
-    loaded = load_model(trained_shapes.checkpoint, quantize=quantize)
+    loaded = mllm.load(trained_shapes.checkpoint, quantize=quantize)
     linear = type(loaded.built.model.llm.model.layers[0].mlp.up_proj).__name__
     assert linear == {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}[quantize]
     # Colour only: NF4 on this 32-wide model keeps every colour but loses some counts (7 of 12
@@ -233,7 +234,7 @@ def test_quantized_loading_still_answers(trained_shapes, quantize):
 def test_a_merged_model_loads_and_answers_the_same(loaded, trained_shapes, tmp_path):
     from mllm.merge import merge_checkpoint
 
-    merged = load_model(merge_checkpoint(trained_shapes.checkpoint, tmp_path / "merged"))
+    merged = mllm.load(merge_checkpoint(trained_shapes.checkpoint, tmp_path / "merged"))
     requests = _mixed_requests(trained_shapes)
     assert generate(merged, requests, max_new_tokens=12) == generate(
         loaded, requests, max_new_tokens=12
@@ -242,24 +243,24 @@ def test_a_merged_model_loads_and_answers_the_same(loaded, trained_shapes, tmp_p
 
 def test_folders_that_are_not_checkpoints_get_clear_errors(trained_shapes, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="no such model folder"):
-        load_model(tmp_path / "missing")
+        mllm.load(tmp_path / "missing")
     monkeypatch.setattr(loading_module, "_foreign_loader", lambda: None)
     run_folder = trained_shapes.checkpoint.parent.parent
     with pytest.raises(CheckpointError, match="not an mllm checkpoint") as error:
-        load_model(run_folder)
+        mllm.load(run_folder)
     assert str(trained_shapes.checkpoint) in str(error.value)  # points at the real checkpoint
     calls = []
 
-    def load_foreign(folder, **options):
+    def load_llava_folder(folder, **options):
         calls.append((folder, options))
         raise ValueError(f"{folder}: no config.json")
 
-    monkeypatch.setattr(loading_module, "_foreign_loader", lambda: load_foreign)
+    monkeypatch.setattr(loading_module, "_foreign_loader", lambda: load_llava_folder)
     with pytest.raises(ValueError, match="no config.json$"):
-        load_model(tmp_path, dtype=torch.bfloat16, quantize=None)
+        mllm.load(tmp_path, dtype=torch.bfloat16, quantize=None)
     foreign = {"vision_tower_path": "tower", "base_llm": None, "template": "plain"}
     with pytest.raises(ValueError, match="no config.json$"):
-        load_model(tmp_path, vision_tower_path="tower", template="plain")
+        mllm.load(tmp_path, vision_tower_path="tower", template="plain")
     assert calls == [
         (
             tmp_path,
@@ -268,9 +269,9 @@ def test_folders_that_are_not_checkpoints_get_clear_errors(trained_shapes, tmp_p
         (tmp_path, {"dtype": torch.float32, "device": "cpu", "quantize": None, **foreign}),
     ]
     with pytest.raises(CheckpointError, match="vision_tower_path only apply to LLaVA"):
-        load_model(trained_shapes.checkpoint, vision_tower_path="tower")
+        mllm.load(trained_shapes.checkpoint, vision_tower_path="tower")
     with pytest.raises(CheckpointError, match="no config.json; checkpoints inside it: "):
-        load_model(run_folder)
+        mllm.load(run_folder)
 
 
 def test_closing_a_stream_stops_generation(untrained, trained_shapes):
@@ -301,10 +302,10 @@ def test_a_lora_run_loads_unmerged_and_quantized(loaded, trained_shapes, tmp_pat
     questions = _colour_questions(trained_shapes)[:4]  # see test_quantized_loading_still_answers
     requests = [_colour_request(q) for q in questions]
     expected = [q.answer for q in questions]
-    adapted = load_model(checkpoint)
+    adapted = mllm.load(checkpoint)
     assert adapted.manifest["adapters"]["llm"]["mode"] == "lora"
     assert generate(adapted, requests, max_new_tokens=8) == expected
-    quantized = load_model(checkpoint, quantize="4bit")
+    quantized = mllm.load(checkpoint, quantize="4bit")
     assert not any("lora" in name for name, _ in quantized.built.model.named_parameters())
     assert generate(quantized, requests, max_new_tokens=8) == expected
 

@@ -23,17 +23,18 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 from mllm import checkpoint as ckpt
-from mllm.checkpoint import load_checkpoint
+from mllm.checkpoint import load_mllm_checkpoint
 from mllm.cli import main as cli
 from mllm.config import dump_recipe, validate_recipe
-from mllm.config.checks import qlora_unavailable_reason
 from mllm.data.images import prepare_image
+from mllm.data.recipe_templates import special_tokens_for
 from mllm.data.templates import get_template
 from mllm.inference.generate import GenerationRequest, generate
-from mllm.interop import ForeignFormatError, detect_format, load_foreign
+from mllm.interop import ForeignFormatError, detect_format, load_llava_folder
 from mllm.interop.export import UnsupportedExportError, check_exportable, export_hf_llava
 from mllm.interop.llava import llava_prompt_ids
-from mllm.models.builder import build_model, special_tokens_for
+from mllm.models.assembly import build_model
+from mllm.models.llm import qlora_unavailable_reason
 from mllm.tiny import UNK_ID, make_tiny_models
 
 QLORA_SKIP = qlora_unavailable_reason()
@@ -57,7 +58,7 @@ def test_llava_checkpoint_matches_llavas_computation(tiny, image, tmp_path, trai
     state = llava_state(tiny, tower_noise=0.05 if trained_tower else 0.0)
     folder = write_llava(tmp_path / "ckpt", tiny, state, unfreeze_mm_vision_tower=trained_tower)
     assert detect_format(folder) == "llava"
-    loaded = load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+    loaded = load_llava_folder(folder, vision_tower_path=str(tiny["clip"]))
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
     assert (loaded.template, loaded.image_aspect_ratio) == ("vicuna_v1", "pad")
     assert loaded.recipe.model.vision.feature_layer == [-2]
@@ -124,7 +125,7 @@ def test_llava_checkpoint_exports_to_hf_llava(tiny, image, tmp_path):
     out = tmp_path / "hf"
     args = ["export", str(folder), "--format", "hf-llava", "--out", str(out)]
     assert cli([*args, "--vision-tower", str(tiny["clip"])]) == 0
-    ours = load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+    ours = load_llava_folder(folder, vision_tower_path=str(tiny["clip"]))
     hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out, backend="pil")
     assert processor.image_processor.do_pad  # LLaVA-1.5's image_aspect_ratio: pad
@@ -143,8 +144,8 @@ def test_foreign_llms_load_in_4bit(tiny, tmp_path):
     tower = str(tiny["clip"])
     export_hf_llava(folder, tmp_path / "hf", vision_tower_path=tower)
     for loaded in (
-        load_foreign(folder, vision_tower_path=tower, quantize="4bit"),
-        load_foreign(tmp_path / "hf", quantize="4bit"),
+        load_llava_folder(folder, vision_tower_path=tower, quantize="4bit"),
+        load_llava_folder(tmp_path / "hf", quantize="4bit"),
     ):
         model = loaded.built.model
         assert isinstance(model.llm.model.layers[0].self_attn.q_proj, Linear4bit)
@@ -172,7 +173,7 @@ def test_llava_pickled_weights_are_converted_once(tiny, tmp_path):
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
 
     with pytest.raises(ForeignFormatError, match="mllm convert-llava"):
-        load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+        load_llava_folder(folder, vision_tower_path=str(tiny["clip"]))
     converted = tmp_path / "st"
     assert cli(["convert-llava", str(folder), "--out", str(converted)]) == 0
     assert sorted(p.name for p in converted.glob("model*")) == [
@@ -181,7 +182,7 @@ def test_llava_pickled_weights_are_converted_once(tiny, tmp_path):
         "model.safetensors.index.json",
     ]
     assert not list(converted.glob("*.bin")) and (converted / "tokenizer.json").is_file()
-    loaded = load_foreign(converted, vision_tower_path=str(tiny["clip"]))
+    loaded = load_llava_folder(converted, vision_tower_path=str(tiny["clip"]))
     projector = loaded.built.model.projector
     torch.testing.assert_close(projector.layers[2].bias, state["model.mm_projector.2.bias"])
     torch.testing.assert_close(
@@ -197,8 +198,10 @@ def test_llava_stage1_projector_needs_its_base_llm(tiny, tmp_path):
     projector = {k: v for k, v in state.items() if k.startswith("model.mm_projector.")}
     save_file(projector, str(folder / "mm_projector.safetensors"))
     with pytest.raises(ForeignFormatError, match="base_llm"):
-        load_foreign(folder, vision_tower_path=str(tiny["clip"]))
-    loaded = load_foreign(folder, vision_tower_path=str(tiny["clip"]), base_llm=str(tiny["llama"]))
+        load_llava_folder(folder, vision_tower_path=str(tiny["clip"]))
+    loaded = load_llava_folder(
+        folder, vision_tower_path=str(tiny["clip"]), base_llm=str(tiny["llama"])
+    )
     assert loaded.template == "plain"  # LLaVA pretrains the projector on captions
     weight = loaded.built.model.projector.layers[0].weight
     torch.testing.assert_close(weight, projector["model.mm_projector.0.weight"])
@@ -216,13 +219,13 @@ def test_llava_stage1_projector_needs_its_base_llm(tiny, tmp_path):
 def test_llava_features_mllm_cannot_reproduce_are_named(tiny, tmp_path, change, message):
     folder = write_llava(tmp_path / "ckpt", tiny, {"x": torch.zeros(1)}, shards=1, **change)
     with pytest.raises(ForeignFormatError, match=message):
-        load_foreign(folder, vision_tower_path=str(tiny["clip"]))
+        load_llava_folder(folder, vision_tower_path=str(tiny["clip"]))
 
 
 def test_llava_tower_that_cannot_be_loaded_asks_for_a_local_copy(tiny, tmp_path):
     folder = write_llava(tmp_path / "ckpt", tiny, llava_state(tiny), shards=1)
     with pytest.raises(ForeignFormatError, match="--vision-tower"):
-        load_foreign(folder, vision_tower_path=str(tmp_path / "missing"))
+        load_llava_folder(folder, vision_tower_path=str(tmp_path / "missing"))
 
 
 def test_format_is_read_from_contents_not_names(tiny, tmp_path):
@@ -282,7 +285,7 @@ def test_export_to_hf_llava_and_back(tiny, image, tmp_path):
     assert cli(["export", str(source), "--format", "hf-llava", "--out", str(out)]) == 0
     assert detect_format(out) == "llava-hf"
 
-    ours = load_checkpoint(source)
+    ours = load_mllm_checkpoint(source)
     model = ours.built.model
     hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out, backend="pil")
@@ -304,7 +307,7 @@ def test_export_to_hf_llava_and_back(tiny, image, tmp_path):
     greedy = hf.generate(**inputs, max_new_tokens=new, do_sample=False)
     assert _answer(processor, greedy[0, len(ids) :]) == answer
 
-    back = load_foreign(out)
+    back = load_llava_folder(out)
     assert (back.template, back.image_aspect_ratio) == (ours.template, ours.image_aspect_ratio)
     assert back.built.model.image_token_id == model.image_token_id
     with torch.no_grad():
@@ -327,7 +330,7 @@ def test_export_to_hf_llava_and_back(tiny, image, tmp_path):
         old, new = next((o, n) for o, n in prefixes.items() if name.startswith(o))
         renamed[new + name.removeprefix(old)] = tensor
     save_file(renamed, str(renamed_folder / "model.safetensors"), metadata={"format": "pt"})
-    hub = load_foreign(renamed_folder)
+    hub = load_llava_folder(renamed_folder)
     assert (hub.template, hub.image_aspect_ratio) == ("vicuna_v1", "pad")  # llama's default
     with torch.no_grad():
         again = hub.built.model(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).logits
@@ -339,7 +342,7 @@ def test_export_siglip_with_two_feature_layers_and_stretched_images(tiny, image,
     source = _mllm_checkpoint(tiny, tmp_path / "final", vision, image_aspect_ratio="resize")
     out = tmp_path / "hf"
     assert cli(["export", str(source), "--format", "hf-llava", "--out", str(out)]) == 0
-    ours = load_checkpoint(source)
+    ours = load_mllm_checkpoint(source)
     model = ours.built.model
     hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
     assert (hf.config.vision_feature_layer, hf.config.vision_feature_select_strategy) == (
@@ -356,7 +359,7 @@ def test_export_siglip_with_two_feature_layers_and_stretched_images(tiny, image,
     with torch.no_grad():
         expected = model(inputs["input_ids"], pixel_values=pixels[None]).logits
         torch.testing.assert_close(hf(**inputs).logits, expected, rtol=0, atol=1e-4)
-        back = load_foreign(out).built.model
+        back = load_llava_folder(out).built.model
         again = back(inputs["input_ids"], pixel_values=pixels[None]).logits
     torch.testing.assert_close(again, expected, rtol=0, atol=1e-5)
 
@@ -391,3 +394,22 @@ def test_export_names_what_llava_cannot_hold(vision, projector, message):
     recipe = validate_recipe(raw, "test", check_files=False)
     with pytest.raises(UnsupportedExportError, match=message):
         check_exportable(recipe)
+
+
+def test_mllm_load_tells_the_layout_from_the_folder(tiny, image, tmp_path):
+    """``mllm.load`` reads an mllm checkpoint and the transformers Llava folder exported from it,
+    each through its own loader (the manifest says which), into models that answer alike."""
+    import mllm
+
+    source = _mllm_checkpoint(tiny, tmp_path / "final")
+    out = export_hf_llava(source, tmp_path / "hf")
+    ours, theirs = mllm.load(source), mllm.load(out)
+    assert ours.manifest["format"] == ckpt.FORMAT
+    assert theirs.manifest["format"] == "llava-hf"
+    assert not ours.built.model.training and not theirs.built.model.training
+    request = [GenerationRequest(QUESTION, [image])]
+    assert generate(theirs, request, max_new_tokens=4) == generate(ours, request, max_new_tokens=4)
+    with pytest.raises(ckpt.CheckpointError, match="only apply to LLaVA and transformers Llava"):
+        mllm.load(source, base_llm=str(tiny["llama"]))
+    with pytest.raises(ckpt.CheckpointError, match="checkpoints inside it"):
+        mllm.load(tmp_path)  # holds a checkpoint, is none

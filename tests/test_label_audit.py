@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from mllm.commands.data_check import check_main
 from mllm.config.schema import DataConfig
 from mllm.data import (
     IGNORE_INDEX,
@@ -30,7 +31,6 @@ from mllm.data import (
 )
 from mllm.data.label_audit import LabelRuleError, audit_rendered, check_pair, probe_pair
 from mllm.data.preflight import TokenSettings, check_data
-from mllm.data.preflight.cli import main as check_main
 from mllm.data.validate import place_image_markers
 
 VICUNA = get_template("vicuna_v1")
@@ -230,7 +230,7 @@ def test_label_errors_fail_the_check_under_either_policy(tokenizer, data_file, p
 @pytest.fixture
 def broken_cli(monkeypatch):
     """Lets ``--template NAME`` name the broken templates (only the CLI's lookup sees them)."""
-    import mllm.data.preflight.cli as cli
+    import mllm.data.preflight.check as cli
 
     monkeypatch.setattr(cli, "get_template", lambda name: BROKEN.get(name) or get_template(name))
 
@@ -273,7 +273,7 @@ def test_probe_passes_every_template_and_rejects_the_old_rule(any_tokenizer) -> 
 def test_training_stops_before_reading_data_on_a_broken_pair(
     tokenizer, tmp_path, monkeypatch
 ) -> None:
-    import mllm.data.builder as builder
+    import mllm.data.stage_data as builder
 
     monkeypatch.setattr(builder, "get_template", lambda name: BROKEN[name])
     built = SimpleNamespace(

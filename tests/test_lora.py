@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 from training_utils import REPO, make_workspace, run_train, tiny_recipe, write_recipe
 
-from mllm.checkpoint import read_manifest
+from mllm.checkpoint import load_mllm_checkpoint, read_manifest
 from mllm.config import RecipeError, load_recipe, validate_recipe
-from mllm.config.checks import check_environment, qlora_unavailable_reason
-from mllm.inference import load_checkpoint
+from mllm.data.recipe_templates import special_tokens_for
 from mllm.models import build_model
-from mllm.models.builder import special_tokens_for
 from mllm.models.families import get_family
+from mllm.models.llm import qlora_unavailable_reason
 from mllm.models.lora import is_adapted, lora_settings, merge_adapters
+from mllm.training.environment import check_environment
 from mllm.training.metrics import read_metrics
 from mllm.training.stage import apply_stage, parameter_groups
 
@@ -136,9 +136,9 @@ def test_shipped_lora_recipes_have_llava_settings(monkeypatch):
 
 
 def test_qlora_where_it_cannot_run_fails_before_the_first_stage(ws, tmp_path, monkeypatch):
-    import mllm.config.checks as checks
+    import mllm.models.llm as probes
 
-    monkeypatch.setattr(checks, "qlora_unavailable_reason", lambda: "no kernels (test)")
+    monkeypatch.setattr(probes, "qlora_unavailable_reason", lambda: "no kernels (test)")
     raw = _lora_recipe(ws, tmp_path / "run", mode="qlora")
     recipe = validate_recipe(raw, "test")
     assert check_environment(recipe, ["align"]) == []
@@ -147,7 +147,7 @@ def test_qlora_where_it_cannot_run_fails_before_the_first_stage(ws, tmp_path, mo
     # The entry script, in a fresh process where the probe says no (stands for a machine
     # without usable bitsandbytes kernels).
     script = (
-        "import sys, runpy, mllm.config.checks as c; "
+        "import sys, runpy, mllm.models.llm as c; "
         "c.qlora_unavailable_reason = lambda: 'no kernels (test)'; "
         f"sys.argv = ['train.py', {str(write_recipe(tmp_path / 'r.yaml', raw))!r}]; "
         f"runpy.run_path({str(REPO / 'scripts/train.py')!r}, run_name='__main__')"
@@ -206,14 +206,14 @@ def test_lora_train_resume_merge_and_next_stage(ws, tmp_path):
         torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
 
     # Inference rebuilds the adapters; the merged folder gives the same logits without peft.
-    loaded = load_checkpoint(final)
+    loaded = load_mllm_checkpoint(final)
     assert is_adapted(loaded.built.model.llm)
     ids, pixels = _batch(loaded.built.model)
     reference = _logits(loaded, ids, pixels)
     from mllm.cli import main as cli
 
     assert cli(["merge", str(final), "--out", str(tmp_path / "merged")]) == 0
-    merged = load_checkpoint(tmp_path / "merged")
+    merged = load_mllm_checkpoint(tmp_path / "merged")
     assert not is_adapted(merged.built.model.llm)
     assert not any("lora" in n for n, _ in merged.built.model.named_parameters())
     torch.testing.assert_close(_logits(merged, ids, pixels), reference, rtol=0, atol=1e-4)
@@ -286,12 +286,12 @@ def test_two_process_zero3_lora_saves_resumes_and_merges(ws, tmp_path):
         torch.testing.assert_close(tensor, saved[name], rtol=1e-5, atol=1e-6)
 
     # Loads in one process without DeepSpeed; the merged model gives the same logits.
-    loaded = load_checkpoint(final)
+    loaded = load_mllm_checkpoint(final)
     ids, pixels = _batch(loaded.built.model)
     reference = _logits(loaded, ids, pixels)
     from mllm.merge import merge_checkpoint
 
-    merged = load_checkpoint(merge_checkpoint(final, tmp_path / "merged"))
+    merged = load_mllm_checkpoint(merge_checkpoint(final, tmp_path / "merged"))
     torch.testing.assert_close(_logits(merged, ids, pixels), reference, rtol=0, atol=1e-4)
     polish = load_file(tmp_path / "run/polish/final/model.safetensors")
     merged_llm = dict(merged.built.model.llm.named_parameters())
@@ -380,12 +380,12 @@ def test_qlora_stage_trains_saves_and_merges(ws, tmp_path):
     assert read_manifest(final)["adapters"]["llm"]["mode"] == "qlora"
     rows = read_metrics(tmp_path / "run/instruct/metrics.jsonl")
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    loaded = load_checkpoint(final)
+    loaded = load_mllm_checkpoint(final)
     ids, pixels = _batch(loaded.built.model)
     reference = _logits(loaded, ids, pixels)
     from mllm.merge import merge_checkpoint
 
-    merged = load_checkpoint(merge_checkpoint(final, tmp_path / "merged"))
+    merged = load_mllm_checkpoint(merge_checkpoint(final, tmp_path / "merged"))
     assert not any("lora" in n for n, _ in merged.built.model.named_parameters())
     assert "quantization_config" not in json.loads(
         (tmp_path / "merged/llm/config.json").read_text()

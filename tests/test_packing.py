@@ -7,11 +7,11 @@ import torch
 from training_utils import make_workspace, run_train, tiny_recipe, workspace_dataset, write_recipe
 
 from mllm.config import validate_recipe
-from mllm.config.checks import flash_attention_unavailable_reason
 from mllm.data import IGNORE_INDEX, BadRecord, DataCollator
 from mllm.data.packing import PackingCollator, plan_rows
+from mllm.data.recipe_templates import special_tokens_for
 from mllm.models import build_model
-from mllm.models.builder import special_tokens_for
+from mllm.models.attention import flash_attention_unavailable_reason
 from mllm.models.multimodal import join_packed_rows
 from mllm.training.metrics import read_metrics
 from mllm.training.stage import apply_stage

@@ -14,6 +14,7 @@ from mllm.config import RecipeError, load_recipe, validate_recipe
 from mllm.config.schema import TrainConfig
 from mllm.errors import UsageError
 from mllm.models import build_model
+from mllm.models.catalog import PROJECTORS
 from mllm.models.projectors.positions import feature_positions, sincos_2d
 from mllm.models.projectors.qformer import QFormerProjector
 from mllm.models.projectors.qformer_weights import (
@@ -21,7 +22,6 @@ from mllm.models.projectors.qformer_weights import (
     map_qformer_key,
     read_checkpoint,
 )
-from mllm.models.registry import PROJECTORS
 from mllm.tiny import make_tiny_models
 from mllm.training.stage import apply_stage
 from mllm.training.trainer import Trainer

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mllm.config.checks import qlora_unavailable_reason
 from mllm.config.schema import LLMConfig, LoraConfig
+from mllm.models.llm import qlora_unavailable_reason
 from mllm.tiny import make_tiny_llm
 
 QLORA_SKIP = qlora_unavailable_reason()

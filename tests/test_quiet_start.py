@@ -113,7 +113,7 @@ def test_progress_bars_follow_the_rank():
 def test_a_load_logs_one_line_and_leaves_transformers_bars_as_they_were(caplog):
     from transformers.utils import logging as hf_logging
 
-    from mllm.models.builder import logged_load
+    from mllm.models.assembly import logged_load
 
     class TinyLM(torch.nn.Module):
         dtype = torch.bfloat16
@@ -124,7 +124,7 @@ def test_a_load_logs_one_line_and_leaves_transformers_bars_as_they_were(caplog):
     previous = hf_logging.set_tqdm_hook(hook)
     try:
         with (
-            caplog.at_level(logging.INFO, logger="mllm.models.builder"),
+            caplog.at_level(logging.INFO, logger="mllm.models.assembly"),
             logged_load("model.llm", "some/llm") as loaded,
         ):
             bar = hf_logging.tqdm(range(3), desc="Loading weights")

@@ -11,9 +11,9 @@ from training_utils import make_workspace, run_train, tiny_recipe, write_recipe
 
 from mllm.checkpoint import read_manifest
 from mllm.config import validate_recipe
-from mllm.data.builder import build_collator, build_dataset
+from mllm.data.recipe_templates import special_tokens_for, stage_template
+from mllm.data.stage_data import build_collator, build_dataset
 from mllm.models import build_model
-from mllm.models.builder import special_tokens_for, stage_template
 from mllm.training.metrics import read_metrics
 from mllm.training.sampler import StepBatchSampler
 from mllm.training.setup import seed_everything

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from trained_shapes import answer_targets
 
-from mllm.inference import load_model
+import mllm
 from mllm.serve.openai_api import ServerLimits
 from mllm.serve.server import ModelServer, ServeSettings, make_server
 
@@ -29,7 +29,7 @@ NAME = "tiny-shapes"
 @pytest.fixture(scope="module")
 def loaded(trained_shapes):
     torch.set_num_threads(1)
-    return load_model(trained_shapes.checkpoint)
+    return mllm.load(trained_shapes.checkpoint)
 
 
 @contextmanager

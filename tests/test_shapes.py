@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from mllm.commands.demo_data import main
 from mllm.demo.scenes import HARD_SHAPES, VARIANTS, draw_shape, sample_scene
 from mllm.demo.shapes import (
     COLOURS,
@@ -22,7 +23,6 @@ from mllm.demo.shapes import (
     SHAPES,
     SHORT_ANSWER,
     ShapesDataset,
-    main,
     make_shapes_dataset,
     render,
 )

@@ -17,7 +17,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from mllm.tiny import MANIFEST_NAME, main, make_tiny_models, train_tiny_tokenizer
+from mllm.commands.make_tiny import main
+from mllm.tiny import MANIFEST_NAME, make_tiny_models, train_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

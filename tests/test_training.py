@@ -10,11 +10,10 @@ import torch
 from safetensors.torch import load_file
 from training_utils import REPO, make_workspace, run_train, tiny_recipe, write_recipe
 
-from mllm.checkpoint import CheckpointError, read_manifest
+from mllm.checkpoint import CheckpointError, load_mllm_checkpoint, read_manifest
 from mllm.config import validate_recipe
-from mllm.inference import load_checkpoint
+from mllm.data.recipe_templates import special_tokens_for
 from mllm.models import build_model
-from mllm.models.builder import special_tokens_for
 from mllm.training.metrics import read_metrics
 from mllm.training.setup import enable_gradient_checkpointing, resolve_init_from
 from mllm.training.stage import apply_stage, parameter_groups
@@ -188,7 +187,7 @@ def test_two_process_zero_checkpoint_loads_in_one_process(ws, tmp_path, zero, la
         for name, tensor in trained.items():
             torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
     # The final stage output loads in one process without DeepSpeed and runs.
-    loaded = load_checkpoint(tmp_path / "run/instruct/final")
+    loaded = load_mllm_checkpoint(tmp_path / "run/instruct/final")
     final = load_file(tmp_path / "run/instruct/final/model.safetensors")
     for name, param in loaded.built.model.named_parameters():
         if name in final:

@@ -16,17 +16,17 @@ import torch
 import yaml
 from training_utils import make_workspace, run_train, tiny_recipe, write_recipe
 
+import mllm
 from mllm.checkpoint import read_manifest
 from mllm.config import RecipeError, validate_recipe
 from mllm.config.checks import check_data_paths
 from mllm.config.schema import EarlyStopConfig, EvalConfig
-from mllm.data.builder import build_dataset, build_stage_datasets
+from mllm.data.recipe_templates import special_tokens_for, stage_template
 from mllm.data.records import DataError, hold_out
+from mllm.data.stage_data import build_dataset, build_stage_datasets
 from mllm.eval.run import answer_questions
 from mllm.eval.scoring import is_correct
-from mllm.inference import load_model
 from mllm.models import build_model
-from mllm.models.builder import special_tokens_for, stage_template
 from mllm.training.distributed import Runtime
 from mllm.training.early_stop import EarlyStopping
 from mllm.training.metrics import read_metrics
@@ -187,7 +187,7 @@ def _eval_records(trained_shapes) -> list[dict]:
 def test_validation_scores_what_mllm_eval_scores(trained_shapes, tmp_path):
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps(_eval_records(trained_shapes)))
-    loaded = load_model(trained_shapes.checkpoint)
+    loaded = mllm.load(trained_shapes.checkpoint)
     recipe, built = loaded.recipe, loaded.built
     stage = recipe.stages["instruct"]
     data = stage.data.model_copy(

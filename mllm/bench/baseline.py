@@ -30,7 +30,7 @@ from transformers import (
 from mllm.bench.measure import PeakMemory, TrainRun
 from mllm.config import RecipeConfig, StageConfig
 from mllm.data import DataCollator
-from mllm.models.builder import BuiltModel
+from mllm.models.assembly import BuiltModel
 from mllm.models.lora import is_adapted
 from mllm.training.sampler import StepBatchSampler, total_optimizer_steps
 from mllm.training.timing import StepRecord

@@ -9,7 +9,7 @@ Training writes it, inference, ``mllm merge`` and interop read it; this package 
   ``write_folder``);
 - ``weights``: tensors in and out, gathered under ZeRO-3 (``gather_state_dict``,
   ``gathered_parameters``, ``load_weights``, ``write_weights_and_manifest``);
-- ``load``: ``load_checkpoint``, the model rebuilt from its saved recipe and weights.
+- ``load``: ``load_mllm_checkpoint``, the model rebuilt from its saved recipe and weights.
 """
 
 from mllm.checkpoint.folders import commit_staging, prepare_staging, staging_path, write_folder
@@ -27,7 +27,7 @@ from mllm.checkpoint.layout import (
     read_manifest,
     write_manifest,
 )
-from mllm.checkpoint.load import LoadedModel, load_checkpoint
+from mllm.checkpoint.load import LoadedModel, load_mllm_checkpoint
 from mllm.checkpoint.weights import (
     BASE_FROM_CHECKPOINT,
     adapters_manifest,
@@ -54,7 +54,7 @@ __all__ = [
     "gathered_parameters",
     "library_versions",
     "list_checkpoints",
-    "load_checkpoint",
+    "load_mllm_checkpoint",
     "load_weights",
     "prepare_staging",
     "read_manifest",

@@ -1,7 +1,7 @@
 """Rebuild the model an mllm checkpoint was trained as, from its saved recipe and weights.
 
-``mllm.inference.loading.load_model`` is the entry point for any model folder; this is its
-path for mllm checkpoints, and what ``mllm merge`` and quantised loading start from.
+``mllm.load`` is the entry point for any model folder; :func:`load_mllm_checkpoint` is its path
+for mllm checkpoints, and what ``mllm merge`` and quantised loading start from.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from mllm.checkpoint.layout import RECIPE_NAME, read_manifest
 from mllm.checkpoint.weights import load_weights
 from mllm.config import RecipeConfig, validate_recipe
 from mllm.config.schema import LoraConfig
-from mllm.models.builder import BuiltModel, build_model, special_tokens_for, stage_template
+from mllm.data.recipe_templates import special_tokens_for, stage_template
+from mllm.models.assembly import BuiltModel, build_model
 from mllm.models.lora import add_adapters
 
 
@@ -39,7 +40,7 @@ class LoadedModel:
     manifest: dict
 
 
-def load_checkpoint(
+def load_mllm_checkpoint(
     folder: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> LoadedModel:
     """Rebuild the model a checkpoint was trained as and load its weights.

@@ -17,8 +17,9 @@ import logging
 import os
 
 from mllm.config import RecipeConfig, RecipeError, load_recipe
-from mllm.config.checks import check_data_paths, check_environment
+from mllm.config.checks import check_data_paths
 from mllm.errors import UsageError
+from mllm.training.environment import check_environment
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:

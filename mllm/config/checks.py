@@ -1,11 +1,12 @@
 """Rules across fields of a recipe that types alone cannot express.
 
-Each rule returns ``(dotted key, reason)`` so the error points at what to edit.
+Each rule returns ``(dotted key, reason)`` so the error points at what to edit. The rules read
+the recipe and the files it names, never the machine: what this machine must offer (4-bit
+kernels, FlashAttention) is ``mllm.training.environment.check_environment``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -229,32 +230,6 @@ def _check_validation(recipe: RecipeConfig, name: str) -> list[tuple[str, str]]:
     return problems
 
 
-def check_environment(recipe: RecipeConfig, stages: list[str]) -> list[str]:
-    """What this machine must offer for ``stages`` (QLoRA kernels, FlashAttention).
-
-    Run before the first stage so a run never stops between stages for a missing package.
-
-    Returns:
-        Problems, each naming the recipe key to change.
-    """
-    problems: list[str] = []
-    for name in stages:
-        if recipe.stages[name].train.llm == "qlora":
-            reason = qlora_unavailable_reason()
-            if reason:
-                problems.append(f"stages.{name}.train.llm: qlora cannot run here: {reason}")
-                break
-    llm = recipe.model.llm
-    if llm.attn_implementation == "flash_attention_2" and llm.attn_fallback == "error":
-        reason = flash_attention_unavailable_reason()
-        if reason:
-            problems.append(
-                f"model.llm.attn_implementation: flash_attention_2 cannot run here: {reason}; "
-                "use auto/sdpa, or set model.llm.attn_fallback: warn"
-            )
-    return problems
-
-
 def check_data_paths(recipe: RecipeConfig, stages: list[str]) -> list[tuple[str, str]]:
     """The files ``stages`` read that must exist before the run starts: data files, image
     folders and explicit ``init_from`` folders (``stage:NAME`` ones are written by the run).
@@ -286,40 +261,6 @@ def _missing_data(key: str, paths: list[str], image_folder: str | None) -> list[
     if image_folder is not None and not Path(image_folder).is_dir():
         problems.append((f"{key}.image_folder", f"{image_folder}: no such folder"))
     return problems
-
-
-def qlora_unavailable_reason() -> str | None:
-    """Why 4-bit NF4 training cannot run on this machine, or None when it can.
-
-    Probes a tiny ``Linear4bit``: quantise, forward, backward. bitsandbytes >= 0.45 runs this
-    on CPU too; older releases need CUDA.
-    """
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "bitsandbytes is not installed (pip install 'mllm[bitsandbytes]')"
-    try:
-        import bitsandbytes as bnb
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32).to(device)
-        inputs = torch.randn(2, 64, device=device, requires_grad=True)
-        layer(inputs).sum().backward()
-        if inputs.grad is None or not torch.isfinite(inputs.grad).all():
-            return f"bitsandbytes {bnb.__version__}: a 4-bit layer gave no valid gradient"
-    except Exception as exc:  # noqa: BLE001 - any failure means the kernels are unusable here
-        return f"bitsandbytes 4-bit layers fail on this machine ({type(exc).__name__}: {exc})"
-    return None
-
-
-def flash_attention_unavailable_reason() -> str | None:
-    """Why FlashAttention-2 cannot run here, or None when flash-attn and CUDA are present."""
-    if importlib.util.find_spec("flash_attn") is None:
-        return "flash-attn is not installed (pip install 'mllm[flash-attn]', CUDA machines only)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
 
 
 def _is_auto(value: object) -> bool:

@@ -141,8 +141,10 @@ def validate_recipe(raw: dict[str, Any], source: str, *, check_files: bool = Tru
     ``check_files`` also checks files the recipe names that must exist before training (ZeRO
     configs); loading a finished checkpoint for inference does not need them.
     """
+    # Imported here, not at the top: the component modules import mllm.config themselves.
     from mllm.config.checks import check_recipe
-    from mllm.models.registry import PROJECTORS, VISION_TOWERS
+    from mllm.models import projectors, vision  # noqa: F401 - registers every component
+    from mllm.models.catalog import PROJECTORS, VISION_TOWERS
 
     raw = copy.deepcopy(raw)
     problems: list[tuple[str, str]] = []

@@ -14,15 +14,13 @@ Variants: ``basic`` (flat gray, 2x2 quadrants, 4 shapes, 64 px) and ``hard`` (gr
 noise backgrounds, 3x3 cells, 6 shapes, 48 px). Images need not match the vision tower's size:
 the image processor resizes them (the demo tower sees 32 px). CPU-sized command::
 
-    python -m mllm.demo.shapes demo_data/ --num-align 2000 --num-instruct 2000 --num-test 100
+    mllm demo-data demo_data/ --num-align 2000 --num-instruct 2000 --num-test 100
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +48,6 @@ __all__ = [
     "Scene",
     "ShapesDataset",
     "applicable_categories",
-    "main",
     "make_shapes_dataset",
     "render",
     "sample_scene",
@@ -257,45 +254,7 @@ def make_shapes_dataset(
     return dataset
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m mllm.demo.shapes OUT_DIR --num-align N ... --variant hard``."""
-    parser = argparse.ArgumentParser(
-        prog="mllm.demo.shapes", description="Write the synthetic shapes visual-QA dataset."
-    )
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--num-align", type=int, default=2000)
-    parser.add_argument("--num-instruct", type=int, default=2000)
-    parser.add_argument(
-        "--num-test", type=int, default=100, help="held-out images (3 or 4 questions each)"
-    )
-    parser.add_argument(
-        "--variant",
-        choices=list(VARIANTS),
-        default="basic",
-        help="basic: flat gray, 2x2 quadrants, 4 shapes; hard: gradient backgrounds, 3x3 "
-        "cells, 6 shapes",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="image side in pixels (default: basic 64, hard 48); the processor resizes",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    dataset = make_shapes_dataset(
-        args.out_dir,
-        num_align=args.num_align,
-        num_instruct=args.num_instruct,
-        num_test=args.num_test,
-        image_size=args.image_size,
-        seed=args.seed,
-        variant=args.variant,
-    )
-    for name, path in vars(dataset).items():
-        print(f"{name}: {path}")
-    return 0
+if __name__ == "__main__":  # python -m mllm.demo.shapes: the same as mllm demo-data
+    from mllm.commands.demo_data import main
 
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,7 +10,7 @@ from mllm.inference.generate import (
     generate,
     stream,
 )
-from mllm.inference.loading import LoadedModel, load_checkpoint, load_model
+from mllm.inference.loading import LoadedModel, load
 
 __all__ = [
     "Completion",
@@ -21,7 +21,6 @@ __all__ = [
     "TextDelta",
     "complete",
     "generate",
-    "load_checkpoint",
-    "load_model",
+    "load",
     "stream",
 ]

@@ -1,34 +1,19 @@
-"""``mllm chat``: talk to a model about an image in the terminal, answers streamed as they come.
-
-Interactive: each line you type is a question; the conversation keeps its history. Commands:
-``/image PATH`` (start a new conversation about another image), ``/reset`` (forget the
-history, keep the image), ``/help``, ``/quit`` (or end of input). With ``--prompt`` it
-answers once and exits, printing only the answer on stdout (scriptable). CPU-sized command::
-
-    mllm chat --model runs/demo/shapes-mlp/instruct/final \\
-        --image runs/demo/data/images/test/000000.png --prompt "What color is the shape?"
-"""
+"""A conversation with a model about an image, answers streamed as they come: the session, one
+answer (:func:`say`) and the interactive loop of ``mllm chat`` (``mllm.commands.chat``)."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from PIL import Image
 
+from mllm.checkpoint import LoadedModel
 from mllm.data.images import ImageLoadError
 from mllm.data.templates import ConversationError
 from mllm.inference.generate import GenerationRequest, SamplingSettings, stream
 from mllm.inference.inputs import image_question, read_image
-from mllm.inference.loading import (
-    LoadedModel,
-    ModelLoadError,
-    add_model_arguments,
-    load_model_from_args,
-)
 
 HELP = "commands: /image PATH (new conversation about it), /reset, /help, /quit"
 
@@ -80,7 +65,7 @@ class ChatSession:
         ]
 
 
-def _say(session: ChatSession, text: str, out: TextIO, err: TextIO) -> bool:
+def say(session: ChatSession, text: str, out: TextIO, err: TextIO) -> bool:
     """Stream one answer to ``out``; ``False`` if it could not be generated."""
     pieces = session.ask(text)
     try:
@@ -136,47 +121,4 @@ def run_interactive(session: ChatSession, stdin: TextIO, out: TextIO, err: TextI
         elif command == "/help" or command.startswith("/"):
             err.write(f"{HELP}\n")
         else:
-            _say(session, line, out, err)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mllm chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_model_arguments(parser)
-    parser.add_argument("--image", help="image to talk about (PNG, JPEG, ...)")
-    parser.add_argument("--prompt", help="answer this one question and exit")
-    parser.add_argument("--system", help="system prompt (default: the template's)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, help="makes sampling repeatable")
-    return parser
-
-
-def main(
-    argv: list[str] | None = None,
-    *,
-    stdin: TextIO | None = None,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
-) -> int:
-    """Command line; the streams are injectable so the interactive loop can be tested."""
-    stdin, out, err = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-        image = read_image(args.image) if args.image else None  # before the slow part
-    except (ValueError, ImageLoadError) as exc:
-        err.write(f"mllm chat: {exc}\n")
-        return 2
-    try:
-        loaded = load_model_from_args(args)
-    except ModelLoadError as exc:
-        err.write(f"mllm chat: {exc}\n")
-        return 2
-    session = ChatSession(loaded, settings, image=image, system=args.system)
-    if args.prompt is not None:
-        return 0 if _say(session, args.prompt, out, err) else 1
-    return run_interactive(session, stdin, out, err)
+            say(session, line, out, err)

@@ -9,7 +9,7 @@ deltas as they are decoded, so a streamed answer equals the plain one.
 
 CPU-sized example (a trained checkpoint, one image)::
 
-    loaded = load_model("runs/demo/shapes-mlp/instruct/final")
+    loaded = mllm.load("runs/demo/shapes-mlp/instruct/final")
     request = GenerationRequest([{"from": "human", "value": "<image>\\nWhat color is it?"}],
                                 [load_image("shape.png")])
     print(generate(loaded, [request])[0])

@@ -7,7 +7,7 @@ transformers' own bitsandbytes integration. Peak memory is the unquantised model
 the accelerator only ever holds the quantised one. A QLoRA checkpoint asked for in 4-bit is
 loaded as it was trained (its 4-bit base and adapters), which is exactly the trained model.
 Like every 4-bit loader this leaves the layers on bitsandbytes' trainable CPU path;
-``load_model`` then lets those that fit use the AVX512-BF16 kernel
+``mllm.load`` then lets those that fit use the AVX512-BF16 kernel
 (``mllm.models.llm.configure_cpu_4bit_kernels`` holds the rule).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from mllm.checkpoint import LoadedModel, load_checkpoint, read_manifest
+from mllm.checkpoint import LoadedModel, load_mllm_checkpoint, read_manifest
 from mllm.models.llm import bitsandbytes_config, disable_cpu_repacking
 from mllm.models.lora import merge_adapters
 
@@ -103,12 +103,12 @@ def load_quantized_llm(
         raise QuantizationUnavailableError(
             f"bitsandbytes could not load the LLM in {quantize} on {device}: {exc}"
         ) from exc
-    # like every 4-bit loader: the trainable path; load_model picks the inference kernels
+    # like every 4-bit loader: the trainable path; mllm.load picks the inference kernels
     disable_cpu_repacking(llm)
     return llm
 
 
-def load_quantized_checkpoint(
+def load_mllm_checkpoint_quantized(
     folder: Path, *, quantize: str, dtype: torch.dtype, device: str
 ) -> LoadedModel:
     """Load an mllm checkpoint with its LLM quantised (see the module docstring).
@@ -121,8 +121,8 @@ def load_quantized_checkpoint(
     adapter = read_manifest(folder).get("adapters", {}).get("llm")
     if quantize == "4bit" and adapter is not None and adapter["mode"] == "qlora":
         logger.info("%s: QLoRA checkpoint, loaded as trained (4-bit base + adapters)", folder)
-        return load_checkpoint(folder, dtype=dtype, device=device)
-    loaded = load_checkpoint(folder, dtype=dtype, device="cpu")
+        return load_mllm_checkpoint(folder, dtype=dtype, device=device)
+    loaded = load_mllm_checkpoint(folder, dtype=dtype, device="cpu")
     model = loaded.built.model
     merge_adapters(model)
     attn_implementation = model.llm.config._attn_implementation or "sdpa"

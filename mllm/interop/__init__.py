@@ -1,8 +1,8 @@
 """Checkpoints of other codebases: original LLaVA folders and transformers' Llava ("llava-hf").
 
-``load_foreign`` reads either into an mllm model (what ``mllm.inference.loading`` does for its
-own checkpoints); ``mllm export`` writes the llava-hf layout; ``mllm convert-llava`` turns
-LLaVA's pickled weights into safetensors once. The layout is told from the files' contents
+``load_llava_folder`` reads either into an mllm model (``mllm.load`` hands it every folder that
+is not an mllm checkpoint); ``mllm export`` writes the llava-hf layout; ``mllm convert-llava``
+turns LLaVA's pickled weights into safetensors once. The layout is told from the files' contents
 (``detect_format``), never from the folder's name.
 """
 
@@ -18,10 +18,10 @@ from mllm.interop.detect import FolderFormat, ForeignFormatError, detect_format
 if TYPE_CHECKING:
     from mllm.inference.loading import LoadedModel
 
-__all__ = ["FolderFormat", "ForeignFormatError", "detect_format", "load_foreign"]
+__all__ = ["FolderFormat", "ForeignFormatError", "detect_format", "load_llava_folder"]
 
 
-def load_foreign(
+def load_llava_folder(
     folder: str | Path,
     *,
     dtype: torch.dtype = torch.float32,
@@ -44,7 +44,7 @@ def load_foreign(
         template: the conversation template, when the folder's default is not the right one.
 
     Returns:
-        The model as ``mllm.checkpoint.load_checkpoint`` returns one; its manifest says
+        The model as ``mllm.checkpoint.load_mllm_checkpoint`` returns one; its manifest says
         ``format`` (``llava`` / ``llava-hf``), ``source`` and ``prompt_tokenization``.
 
     Raises:
@@ -83,4 +83,4 @@ def load_foreign(
         return load_hf_llava(
             folder, dtype=dtype, device=device, quantize=quantize, template=template
         )
-    raise ForeignFormatError(f"{folder}: an mllm checkpoint; load it with load_checkpoint")
+    raise ForeignFormatError(f"{folder}: an mllm checkpoint; load it with mllm.load")

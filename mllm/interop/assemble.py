@@ -15,12 +15,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mllm.config import RecipeConfig, validate_recipe
+from mllm.data.recipe_templates import special_tokens_for, stage_template
 from mllm.inference.loading import LoadedModel
 from mllm.interop.detect import ForeignFormatError
-from mllm.models.builder import BuiltModel, grow_embeddings, special_tokens_for, stage_template
+from mllm.models.assembly import BuiltModel, grow_embeddings
+from mllm.models.catalog import PROJECTORS
 from mllm.models.llm import load_tokenizer
 from mllm.models.multimodal import MultimodalModel
-from mllm.models.registry import PROJECTORS
 from mllm.models.vision.base import VisionTower
 
 logger = logging.getLogger(__name__)

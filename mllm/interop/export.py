@@ -13,14 +13,13 @@ write them out, e.g. vicuna_v1: ``"<system> USER: <image>\\nQUESTION ASSISTANT:"
 
 Exportable: a ``clip`` or ``siglip`` tower and the ``mlp`` projector of depth 2 (LLaVA-1.5's;
 Llava has no other projector). SRC is an mllm checkpoint (adapters are merged first) or any
-folder ``load_foreign`` reads (an original LLaVA checkpoint, for instance).
+folder ``mllm.load`` reads (an original LLaVA checkpoint, for instance).
 
 CPU:  mllm export runs/demo/shapes-mlp/instruct/final --format hf-llava --out runs/demo/hf
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -30,19 +29,15 @@ import yaml
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 from transformers.image_processing_utils import BaseImageProcessor
 
+from mllm.checkpoint import LoadedModel, load_mllm_checkpoint
 from mllm.config import RecipeConfig, validate_recipe
 from mllm.data.images import target_size
-from mllm.inference.loading import (
-    LoadedModel,
-    add_foreign_arguments,
-    load_checkpoint,
-    load_model,
-)
-from mllm.interop.detect import ForeignFormatError, detect_format
+from mllm.inference.loading import load
+from mllm.interop.detect import detect_format
 from mllm.interop.hf_llava import EXPORT_NOTE, PROJECTOR_NAMES, TOWERS, strategy_for
-from mllm.models.builder import DTYPES
+from mllm.models.assembly import DTYPES
+from mllm.models.catalog import VISION_TOWERS
 from mllm.models.multimodal import MultimodalModel
-from mllm.models.registry import VISION_TOWERS
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +150,7 @@ def _load(
 ) -> LoadedModel:
     """Any model folder mllm reads, adapters merged into the LLM (in fp32, as ``mllm merge``)."""
     if detect_format(source) != "mllm":
-        return load_model(
-            source, dtype=dtype, vision_tower_path=vision_tower_path, base_llm=base_llm
-        )
+        return load(source, dtype=dtype, vision_tower_path=vision_tower_path, base_llm=base_llm)
     from mllm.checkpoint import RECIPE_NAME, read_manifest
     from mllm.models.lora import merge_adapters
 
@@ -171,7 +164,7 @@ def _load(
     raw = yaml.safe_load(recipe_path.read_text())
     check_exportable(validate_recipe(raw, str(recipe_path), check_files=False))
     adapted = bool(read_manifest(source).get("adapters"))
-    loaded = load_checkpoint(source, dtype=torch.float32 if adapted else dtype)
+    loaded = load_mllm_checkpoint(source, dtype=torch.float32 if adapted else dtype)
     if adapted:
         merge_adapters(loaded.built.model)
         loaded.built.model.to(dtype)
@@ -189,7 +182,7 @@ def export_hf_llava(
     """Write ``source`` as a transformers Llava folder at ``out`` (atomically).
 
     Args:
-        source: an mllm checkpoint, or a folder ``load_foreign`` reads.
+        source: an mllm checkpoint, or a folder ``mllm.load`` reads.
         out: the folder to create (replaced if it exists).
         dtype: ``fp32``, ``bf16`` or ``fp16`` for the saved weights.
         vision_tower_path, base_llm: passed on for original LLaVA checkpoints.
@@ -239,31 +232,3 @@ def export_hf_llava(
     commit_staging(out)
     logger.info("exported %s as hf-llava to %s", source, out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mllm export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("source", help="an mllm checkpoint or an original LLaVA / llava-hf folder")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    add_foreign_arguments(parser)
-    args = parser.parse_args(argv)
-    from mllm.checkpoint import CheckpointError
-    from mllm.config import RecipeError
-
-    try:
-        export_hf_llava(
-            args.source,
-            args.out,
-            dtype=args.dtype,
-            vision_tower_path=args.vision_tower,
-            base_llm=args.base_llm,
-        )
-    except (UnsupportedExportError, ForeignFormatError, CheckpointError, RecipeError) as exc:
-        parser.exit(2, f"mllm export: {exc}\n")
-    return 0

@@ -40,8 +40,8 @@ from mllm.interop.assemble import (
 )
 from mllm.interop.detect import ForeignFormatError
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
+from mllm.models.catalog import VISION_TOWERS
 from mllm.models.llm import disable_cpu_repacking
-from mllm.models.registry import VISION_TOWERS
 
 #: transformers vision model types that Llava can hold and mllm has a tower for.
 TOWERS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}

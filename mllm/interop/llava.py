@@ -20,7 +20,6 @@ CPU:  mllm convert-llava llava-v1.5-7b --out llava-v1.5-7b-safetensors
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import shutil
@@ -48,8 +47,8 @@ from mllm.interop.assemble import (
 from mllm.interop.detect import ForeignFormatError, detect_format, read_json
 from mllm.interop.weights import bin_files, convert_bin_files, read_tensors, safetensors_index
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
+from mllm.models.catalog import VISION_TOWERS
 from mllm.models.llm import disable_cpu_repacking
-from mllm.models.registry import VISION_TOWERS
 
 logger = logging.getLogger(__name__)
 
@@ -383,20 +382,3 @@ def convert_llava(src: str | Path, out: str | Path) -> Path:
     commit_staging(out)
     logger.info("converted %s -> %s (%s)", src, out, ", ".join(p.name for p in written))
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``mllm convert-llava SRC --out DST``."""
-    parser = argparse.ArgumentParser(
-        prog="mllm convert-llava",
-        description="Copy an original LLaVA checkpoint with its pickled .bin weights converted "
-        "to safetensors (read with torch.load(weights_only=True)); mllm loads the copy.",
-    )
-    parser.add_argument("src", help="LLaVA checkpoint folder (config.json with mm_* keys)")
-    parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
-    args = parser.parse_args(argv)
-    try:
-        convert_llava(args.src, args.out)
-    except ForeignFormatError as exc:
-        parser.exit(2, f"mllm convert-llava: {exc}\n")
-    return 0

@@ -6,15 +6,25 @@ else ``sdpa``; a model class without SDPA support falls back to ``eager`` when i
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-
-from mllm.config import checks
 
 logger = logging.getLogger(__name__)
 
 
 class AttentionUnavailableError(RuntimeError):
     """The recipe asked for a kernel that cannot run here and said not to fall back."""
+
+
+def flash_attention_unavailable_reason() -> str | None:
+    """Why FlashAttention-2 cannot run here, or None when flash-attn and CUDA are present."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash-attn is not installed (pip install 'mllm[flash-attn]', CUDA machines only)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
 
 
 def resolve_attn_implementation(requested: str, fallback: str = "error", key: str = "") -> str:
@@ -32,7 +42,7 @@ def resolve_attn_implementation(requested: str, fallback: str = "error", key: st
     Raises:
         AttentionUnavailableError: FlashAttention asked for, unavailable, ``fallback='error'``.
     """
-    flash_problem = checks.flash_attention_unavailable_reason()
+    flash_problem = flash_attention_unavailable_reason()
     if requested == "auto":
         chosen = "flash_attention_2" if flash_problem is None else "sdpa"
         logger.info("%s: auto -> %s%s", key, chosen, f" ({flash_problem})" if flash_problem else "")

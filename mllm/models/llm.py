@@ -1,7 +1,9 @@
-"""Load the language model and prepare its tokenizer for multimodal data."""
+"""Load the language model (in 4-bit too, and whether 4-bit can run here) and prepare its
+tokenizer for multimodal data."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Literal
 
@@ -87,6 +89,28 @@ def bitsandbytes_config(
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
     raise ValueError(f"bitsandbytes mode {mode!r}; choose 4bit or 8bit")
+
+
+def qlora_unavailable_reason() -> str | None:
+    """Why 4-bit NF4 training cannot run on this machine, or None when it can.
+
+    Probes a tiny ``Linear4bit``: quantise, forward, backward. bitsandbytes >= 0.45 runs this
+    on CPU too; older releases need CUDA.
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install 'mllm[bitsandbytes]')"
+    try:
+        import bitsandbytes as bnb
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32).to(device)
+        inputs = torch.randn(2, 64, device=device, requires_grad=True)
+        layer(inputs).sum().backward()
+        if inputs.grad is None or not torch.isfinite(inputs.grad).all():
+            return f"bitsandbytes {bnb.__version__}: a 4-bit layer gave no valid gradient"
+    except Exception as exc:  # noqa: BLE001 - any failure means the kernels are unusable here
+        return f"bitsandbytes 4-bit layers fail on this machine ({type(exc).__name__}: {exc})"
+    return None
 
 
 # bitsandbytes' AVX512-BF16 kernel reads rows in tiles of this many (``block_n``).

@@ -1,5 +1,5 @@
 """``python -m mllm.tiny OUT_DIR``: the same as ``mllm make-tiny``."""
 
-from mllm.tiny import main
+from mllm.commands.make_tiny import main
 
 raise SystemExit(main())

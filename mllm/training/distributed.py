@@ -76,7 +76,7 @@ def quiet_progress_bars(is_main: bool) -> None:
     All ranks load the same weights, so N ranks drew N copies of each bar, interleaved. Rank 0
     keeps the hub's download bars: a first download of a 7B model takes minutes and its bar is
     the only sign of progress. transformers' "Loading weights" bar is off on every rank; rank 0
-    logs one line per component instead (``mllm.models.builder.logged_load``).
+    logs one line per component instead (``mllm.models.assembly.logged_load``).
     """
     if not is_main:
         from transformers.utils import logging as hf_logging

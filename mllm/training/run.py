@@ -17,10 +17,11 @@ from typing import Any
 
 from mllm.config import RecipeConfig
 from mllm.config.schema import StageConfig
-from mllm.data.builder import build_collator, build_stage_datasets
 from mllm.data.dataset import ConversationDataset
 from mllm.data.feature_cache import BUILD_BATCH_SIZE
-from mllm.models.builder import DTYPES, BuiltModel, build_model, special_tokens_for, stage_template
+from mllm.data.recipe_templates import special_tokens_for, stage_template
+from mllm.data.stage_data import build_collator, build_stage_datasets
+from mllm.models.assembly import DTYPES, BuiltModel, build_model
 from mllm.models.lora import lora_settings
 from mllm.training.deepspeed_config import build_deepspeed_config
 from mllm.training.distributed import Runtime

@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mllm import checkpoint as ckpt
 from mllm.config import RecipeConfig, dump_recipe
-from mllm.models.builder import BuiltModel
+from mllm.models.assembly import BuiltModel
 from mllm.training.deepspeed_config import offloads_optimizer
 from mllm.training.distributed import Runtime, all_reduce_sum
 from mllm.training.early_stop import EarlyStopping
@@ -166,10 +167,12 @@ class Trainer:
         self.start_step = self.step
         self._totals = RunTotals()
         start = time.perf_counter()
-        with StopRequests() as stop:
-            last = self._run_steps(model, progress, _new_window(), stop)
-        if self.validator is not None and self._validated_step != self.step:
-            self._validate(progress)
+        # Log lines during the loop go through tqdm, above the bar instead of through it.
+        with logging_redirect_tqdm():
+            with StopRequests() as stop:
+                last = self._run_steps(model, progress, _new_window(), stop)
+            if self.validator is not None and self._validated_step != self.step:
+                self._validate(progress)
         if self.validation is not None:
             last = {**last, **self.validation}
         self.summary = summarise(

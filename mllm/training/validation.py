@@ -41,7 +41,7 @@ from mllm.data.validate import place_image_markers
 from mllm.eval.scoring import is_correct
 from mllm.inference.generate import GenerationRequest, SamplingSettings, complete
 from mllm.inference.loading import LoadedModel
-from mllm.models.builder import BuiltModel
+from mllm.models.assembly import BuiltModel
 from mllm.training.distributed import Runtime, all_reduce_sum
 
 logger = logging.getLogger(__name__)

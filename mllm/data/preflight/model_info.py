@@ -25,7 +25,8 @@ def image_tokens_per_image(config: ModelConfig) -> int:
     """
     from transformers import AutoConfig, AutoImageProcessor
 
-    from mllm.models.registry import PROJECTORS, VISION_TOWERS
+    from mllm.models import projectors, vision  # noqa: F401 - registers every component
+    from mllm.models.catalog import PROJECTORS, VISION_TOWERS
 
     tower_class = VISION_TOWERS.get(config.vision.name).target
     hf_config = AutoConfig.from_pretrained(config.vision.path)

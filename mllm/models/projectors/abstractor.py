@@ -14,13 +14,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from mllm.config.schema import ProjectorConfig
+from mllm.models.catalog import PROJECTORS
 from mllm.models.projectors.base import Projector
 from mllm.models.projectors.positions import (
     FeaturePosition,
     feature_position_field,
     feature_positions,
 )
-from mllm.models.registry import PROJECTORS
 
 
 class AbstractorProjectorConfig(ProjectorConfig):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from mllm.config.schema import ProjectorConfig
+from mllm.models.catalog import PROJECTORS
 from mllm.models.projectors.base import Projector
-from mllm.models.registry import PROJECTORS
 
 
 @PROJECTORS.register("linear", config_class=ProjectorConfig)

@@ -7,8 +7,8 @@ from pydantic import Field
 from torch import nn
 
 from mllm.config.schema import ProjectorConfig
+from mllm.models.catalog import PROJECTORS
 from mllm.models.projectors.base import Projector
-from mllm.models.registry import PROJECTORS
 
 
 class MLPProjectorConfig(ProjectorConfig):

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 from torch import nn
 
 from mllm.config.schema import REMOVED_KEY, ProjectorConfig
+from mllm.models.catalog import PROJECTORS
 from mllm.models.projectors.base import Projector
 from mllm.models.projectors.positions import (
     FeaturePosition,
@@ -28,7 +29,6 @@ from mllm.models.projectors.qformer_weights import (
     load_qformer_state_dict,
     read_checkpoint,
 )
-from mllm.models.registry import PROJECTORS
 
 
 class QFormerProjectorConfig(ProjectorConfig):

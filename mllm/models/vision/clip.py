@@ -3,7 +3,7 @@
 from transformers import CLIPVisionModel
 
 from mllm.config.schema import VisionTowerConfig
-from mllm.models.registry import VISION_TOWERS
+from mllm.models.catalog import VISION_TOWERS
 from mllm.models.vision.base import VisionTower
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from transformers import Dinov2Model
 
 from mllm.config.schema import VisionTowerConfig
-from mllm.models.registry import VISION_TOWERS
+from mllm.models.catalog import VISION_TOWERS
 from mllm.models.vision.base import VisionTower
 
 

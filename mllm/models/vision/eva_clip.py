@@ -14,7 +14,7 @@ import torch
 from transformers import AutoImageProcessor, Blip2VisionModel
 
 from mllm.config.schema import VisionTowerConfig
-from mllm.models.registry import VISION_TOWERS
+from mllm.models.catalog import VISION_TOWERS
 from mllm.models.vision.base import VisionTower
 
 

@@ -9,7 +9,7 @@ from mllm.data.label_audit import check_pair
 from mllm.data.packing import PackingCollator
 from mllm.data.records import RecordOrigin, hold_out, read_files
 from mllm.data.templates import get_template
-from mllm.models.builder import BuiltModel
+from mllm.models.assembly import BuiltModel
 
 
 def build_dataset(

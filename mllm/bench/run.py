@@ -17,12 +17,12 @@ CPU (about 1.5 minutes on 2 busy cores; all four variants, 3 rounds: about 3 min
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -41,36 +41,40 @@ TINY = {"image_size": 64, "patch_size": 8, "llm_hidden": 128, "llm_layers": 2}
 TINY |= {"vision_hidden": 64, "vision_layers": 2}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="scripts/bench.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--workdir", type=Path, default=Path("runs/bench"))
-    parser.add_argument("--recipe", help="benchmark this recipe's model and stage settings")
-    parser.add_argument("--stage", help="stage of --recipe (default: its last)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value for --recipe")
-    parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=["padded", "packed"]
-    )
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side")
-    parser.add_argument("--steps", type=int, default=8, help="measured optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="steps before measuring")
-    parser.add_argument("--batch-size", type=int, default=16, help="micro = global batch")
-    parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--samples", type=int, default=600, help="records in the length mix")
-    parser.add_argument("--gen-prompts", type=int, default=10)
-    parser.add_argument("--gen-tokens", type=int, default=48)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (on 2 shared cores, 2 threads ran 3-6x slower than 1)",
-    )
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    return parser.parse_intermixed_args(argv)
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to benchmark and for how long (``mllm bench --help`` says the same per option).
+
+    Attributes:
+        workdir: models, data, runs and caches go here.
+        recipe, stage, overrides: benchmark this recipe's model and stage settings (default:
+            the built-in tiny recipe; the stage defaults to the recipe's last).
+        variants: our side's data settings, keys of :data:`VARIANTS`.
+        rounds: alternating rounds per side.
+        steps, warmup: measured optimizer steps per run, and steps before measuring.
+        batch_size: micro = global batch.
+        max_length, workers, samples: the length mix and its loading.
+        gen_prompts, gen_tokens: the generation benchmark.
+        threads: torch threads.
+        json: also write the figures here.
+    """
+
+    workdir: Path = Path("runs/bench")
+    recipe: str | None = None
+    stage: str | None = None
+    overrides: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ("padded", "packed")
+    rounds: int = 2
+    steps: int = 8
+    warmup: int = 2
+    batch_size: int = 16
+    max_length: int = 1024
+    workers: int = 0
+    samples: int = 600
+    gen_prompts: int = 10
+    gen_tokens: int = 48
+    threads: int = 1
+    json: Path | None = None
 
 
 def _builtin_recipe(workdir: Path) -> Path:
@@ -103,31 +107,31 @@ def _builtin_recipe(workdir: Path) -> Path:
     return path
 
 
-def _load(args: argparse.Namespace, path: Path, variant: str, mix) -> tuple:
+def _load(options: BenchOptions, path: Path, variant: str, mix) -> tuple:
     """``(recipe, stage)``: the recipe with the bench's data, steps and the variant's settings
     applied as overrides, so they are validated like any command-line override."""
     from mllm.config import load_recipe
 
-    stage = args.stage or list(load_recipe(path, args.overrides).stages)[-1]
+    stage = options.stage or list(load_recipe(path, list(options.overrides)).stages)[-1]
     key = f"stages.{stage}"
     bench = [
-        f"output_dir={args.workdir / 'runs' / variant}",
+        f"output_dir={options.workdir / 'runs' / variant}",
         f"{key}.init_from=null",
         f"{key}.data.path={mix.records}",
         f"{key}.data.image_folder={mix.image_folder}",
-        f"{key}.data.max_length={args.max_length}",
-        f"{key}.data.num_workers={args.workers}",
+        f"{key}.data.max_length={options.max_length}",
+        f"{key}.data.num_workers={options.workers}",
         f"{key}.data.on_bad_record=fail",
-        f"{key}.max_steps={args.warmup + args.steps}",
-        f"{key}.global_batch_size={args.batch_size}",
-        f"{key}.micro_batch_size={args.batch_size}",
+        f"{key}.max_steps={options.warmup + options.steps}",
+        f"{key}.global_batch_size={options.batch_size}",
+        f"{key}.micro_batch_size={options.batch_size}",
         f"{key}.save_every=null",
         f"{key}.log_every=1",
     ]
     for name, value in VARIANTS.get(variant, VARIANTS["padded"]).items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        bench.append(f"{key}.data.{name}={text.format(cache=args.workdir / 'feature_cache')}")
-    recipe = load_recipe(path, [*args.overrides, *bench])
+        bench.append(f"{key}.data.{name}={text.format(cache=options.workdir / 'feature_cache')}")
+    recipe = load_recipe(path, [*options.overrides, *bench])
     if recipe.stages[stage].data.template == "plain":
         raise SystemExit(
             f"{path}: stage {stage} uses the caption-only 'plain' template, but the length mix "
@@ -167,25 +171,25 @@ def _build_caches(recipes: dict[str, tuple]) -> dict[str, float]:
     return seconds
 
 
-def _train_rounds(args: argparse.Namespace, recipes: dict[str, tuple]) -> dict[str, list]:
+def _train_rounds(options: BenchOptions, recipes: dict[str, tuple]) -> dict[str, list]:
     """Every side once per round; odd rounds run the sides in reverse order."""
     from mllm.bench.ours import train_ours
 
     runs: dict[str, list] = {name: [] for name in recipes}
-    for round_index in range(args.rounds):
+    for round_index in range(options.rounds):
         names = list(recipes) if round_index % 2 == 0 else list(reversed(recipes))
         for name in names:
             recipe, stage = recipes[name]
             if name == "baseline":
-                run = _run_baseline(recipe, stage, args.warmup)
+                run = _run_baseline(recipe, stage, options.warmup)
             else:
-                run = train_ours(recipe, stage, f"ours {name}", warmup=args.warmup)
+                run = train_ours(recipe, stage, f"ours {name}", warmup=options.warmup)
             runs[name].append(run)
             print(f"round {round_index + 1} {name}: {run.tokens_per_s:.0f} tokens/s", flush=True)
     return {("baseline" if n == "baseline" else f"ours {n}"): r for n, r in runs.items()}
 
 
-def _generation(args: argparse.Namespace, recipe, stage: str, mix) -> list:
+def _generation(options: BenchOptions, recipe, stage: str, mix) -> list:
     """Both sides' generation from one freshly built model (the baseline gets its weights)."""
     from PIL import Image
 
@@ -198,9 +202,9 @@ def _generation(args: argparse.Namespace, recipe, stage: str, mix) -> list:
     llava = llava_from(setup.built, recipe)
     config = recipe.stages[stage]
     loaded = LoadedModel(setup.built, recipe, setup.template, config.data.image_aspect_ratio, {})
-    files = sorted(mix.image_folder.glob("*.png"))[: args.gen_prompts]
+    files = sorted(mix.image_folder.glob("*.png"))[: options.gen_prompts]
     images = [Image.open(path).convert("RGB") for path in files]
-    return bench_generation(loaded, llava, images, new_tokens=args.gen_tokens)
+    return bench_generation(loaded, llava, images, new_tokens=options.gen_tokens)
 
 
 def _figures(runs: dict[str, list], generation: list, cache_build_s: dict[str, float]) -> dict:
@@ -217,9 +221,9 @@ def _figures(runs: dict[str, list], generation: list, cache_build_s: dict[str, f
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_distributed keeps it
+def run_bench(options: BenchOptions) -> int:
+    """Run the benchmark (see the module docstring), print its tables; 0 when done."""
+    os.environ["OMP_NUM_THREADS"] = str(options.threads)  # init_distributed keeps it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -229,20 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     from mllm.bench.data import write_length_mix
     from mllm.bench.report import breakdown_table, generation_table, training_table
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(options.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    options.workdir.mkdir(parents=True, exist_ok=True)
     mix = write_length_mix(
-        args.workdir / "data", num_samples=args.samples, image_size=TINY["image_size"]
+        options.workdir / "data", num_samples=options.samples, image_size=TINY["image_size"]
     )
-    path = Path(args.recipe) if args.recipe else _builtin_recipe(args.workdir)
-    recipes = {name: _load(args, path, name, mix) for name in ["baseline", *args.variants]}
+    path = Path(options.recipe) if options.recipe else _builtin_recipe(options.workdir)
+    recipes = {name: _load(options, path, name, mix) for name in ["baseline", *options.variants]}
     cache_build_s = _build_caches(recipes)
-    runs = _train_rounds(args, recipes)
+    runs = _train_rounds(options, recipes)
     recipe, stage = recipes["baseline"]
-    generation = _generation(args, recipe, stage, mix)
+    generation = _generation(options, recipe, stage, mix)
 
     print()
     print(training_table(runs))
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     first = {name: [round(r.losses[0], 5) for r in side] for name, side in runs.items()}
     print(f"first-step losses (same start weights; same samples unless grouped): {first}")
     print(f"recipe {path}, stage {stage}; {time.perf_counter() - started:.0f} s in all")
-    if args.json:
+    if options.json:
         figures = _figures(runs, generation, cache_build_s)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        options.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

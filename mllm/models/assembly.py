@@ -13,12 +13,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from mllm.config.schema import LoraConfig, ModelConfig, RecipeConfig, StageConfig
+from mllm.config.schema import LoraConfig, ModelConfig
+from mllm.models import projectors, vision  # noqa: F401 - registers every component
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
-from mllm.models.families import get_family
+from mllm.models.catalog import PROJECTORS, VISION_TOWERS
 from mllm.models.llm import load_llm, load_tokenizer
 from mllm.models.multimodal import MultimodalModel
-from mllm.models.registry import PROJECTORS, VISION_TOWERS
 
 logger = logging.getLogger(__name__)
 
@@ -31,23 +31,6 @@ class BuiltModel:
     tokenizer: PreTrainedTokenizerBase
     image_processor: object
     image_token: str
-
-
-def stage_template(recipe: RecipeConfig, stage: StageConfig) -> str:
-    """The stage's template, or the LLM family's default."""
-    return stage.data.template or get_family(recipe.model.llm.family).template
-
-
-def special_tokens_for(recipe: RecipeConfig) -> list[str]:
-    """Template tokens every stage needs, so all stages share one vocabulary."""
-    from mllm.data.templates import TEMPLATES
-
-    tokens: list[str] = []
-    for stage in recipe.stages.values():
-        for token in TEMPLATES.get(stage_template(recipe, stage)).target.special_tokens:
-            if token not in tokens:
-                tokens.append(token)
-    return tokens
 
 
 #: Seed of the rows added to the embeddings for new tokens: every build of a recipe (training,
@@ -155,7 +138,8 @@ def build_model(
     Args:
         config: the recipe's ``model`` section.
         dtype: parameter dtype for the pretrained parts (the projector is built in it too).
-        special_tokens: template tokens that must be single tokens (added when missing).
+        special_tokens: template tokens that must be single tokens (added when missing); a
+            recipe's come from ``mllm.data.recipe_templates.special_tokens_for``.
         quantize_llm: load the LLM's linear layers in 4-bit with these settings (QLoRA); the
             tower and projector are never quantised.
 

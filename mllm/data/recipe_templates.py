@@ -1,0 +1,26 @@
+"""Which template each stage of a recipe uses, and the template tokens the tokenizer must hold.
+
+The model side takes those tokens as an argument (``build_model(special_tokens=...)``) and never
+looks at templates itself.
+"""
+
+from __future__ import annotations
+
+from mllm.config.schema import RecipeConfig, StageConfig
+from mllm.data.templates import TEMPLATES
+from mllm.models.families import get_family
+
+
+def stage_template(recipe: RecipeConfig, stage: StageConfig) -> str:
+    """The stage's template, or the LLM family's default."""
+    return stage.data.template or get_family(recipe.model.llm.family).template
+
+
+def special_tokens_for(recipe: RecipeConfig) -> list[str]:
+    """Template tokens every stage needs, so all stages share one vocabulary."""
+    tokens: list[str] = []
+    for stage in recipe.stages.values():
+        for token in TEMPLATES.get(stage_template(recipe, stage)).target.special_tokens:
+            if token not in tokens:
+                tokens.append(token)
+    return tokens

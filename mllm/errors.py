@@ -37,7 +37,7 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("mllm.models.attention", "AttentionUnavailableError", USAGE),
     ("mllm.data.feature_cache", "FeatureCacheError", USAGE),
     ("mllm.commands.model_options", "ModelLoadError", USAGE),
-    ("mllm.inference.quantize", "QuantizationUnavailableError", USAGE),
+    ("mllm.models.quantization", "QuantizationUnavailableError", USAGE),
     ("mllm.interop.detect", "ForeignFormatError", USAGE),
     ("mllm.interop.export", "UnsupportedExportError", USAGE),
     ("mllm.data.records", "DataError", BAD_DATA),

@@ -244,10 +244,9 @@ def test_a_merged_model_loads_and_answers_the_same(loaded, trained_shapes, tmp_p
 def test_folders_that_are_not_checkpoints_get_clear_errors(trained_shapes, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="no such model folder"):
         mllm.load(tmp_path / "missing")
-    monkeypatch.setattr(loading_module, "_foreign_loader", lambda: None)
     run_folder = trained_shapes.checkpoint.parent.parent
-    with pytest.raises(CheckpointError, match="not an mllm checkpoint") as error:
-        mllm.load(run_folder)
+    with pytest.raises(CheckpointError, match="checkpoints inside it: ") as error:
+        mllm.load(run_folder)  # neither layout: the foreign loaders' error, and a pointer
     assert str(trained_shapes.checkpoint) in str(error.value)  # points at the real checkpoint
     calls = []
 
@@ -255,7 +254,7 @@ def test_folders_that_are_not_checkpoints_get_clear_errors(trained_shapes, tmp_p
         calls.append((folder, options))
         raise ValueError(f"{folder}: no config.json")
 
-    monkeypatch.setattr(loading_module, "_foreign_loader", lambda: load_llava_folder)
+    monkeypatch.setattr(loading_module, "load_llava_folder", load_llava_folder)
     with pytest.raises(ValueError, match="no config.json$"):
         mllm.load(tmp_path, dtype=torch.bfloat16, quantize=None)
     foreign = {"vision_tower_path": "tower", "base_llm": None, "template": "plain"}

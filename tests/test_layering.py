@@ -126,3 +126,14 @@ def test_a_recipe_loaded_through_config_finds_every_component(first_import):
     assert set(found["towers"]) == _registered("VISION_TOWERS", "vision")
     # Component sections were validated by their own config classes, not the base one.
     assert "QFormerProjectorConfig" in found["configs"]
+
+
+def test_interop_reads_other_layouts_without_inference_or_training():
+    # mllm.load (inference) hands foreign folders to interop; interop must not import back.
+    offenders = {
+        f"{path.relative_to(REPO)} imports {module}"
+        for path in (PACKAGE / "interop").rglob("*.py")
+        for module in _imported_modules(path)
+        if _within(module, "mllm.inference") or _within(module, "mllm.training")
+    }
+    assert not offenders, sorted(offenders)

@@ -76,7 +76,7 @@ def _inputs(llm) -> torch.Tensor:
 
 
 def _load_for_inference(path):
-    from mllm.inference.quantize import load_quantized_llm
+    from mllm.models.quantization import load_quantized_llm
 
     llm = load_quantized_llm(
         path, "4bit", dtype=torch.float32, device="cpu", attn_implementation="sdpa"

@@ -21,10 +21,10 @@ from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
 from mllm.bench.measure import clock, median
+from mllm.checkpoint import LoadedModel
 from mllm.data.images import prepare_image
 from mllm.data.templates import get_template
 from mllm.inference.generate import GenerationRequest, SamplingSettings, complete
-from mllm.inference.loading import LoadedModel
 
 PROMPT = "<image>\nDescribe the image in detail."
 #: Report order and labels of the sides.

@@ -196,7 +196,7 @@ def _generation(options: BenchOptions, recipe, stage: str, mix) -> list:
     from mllm.bench.baseline import llava_from
     from mllm.bench.generation import bench_generation
     from mllm.bench.ours import set_up_without_cache
-    from mllm.inference.loading import LoadedModel
+    from mllm.checkpoint import LoadedModel
 
     setup = set_up_without_cache(recipe, stage)
     llava = llava_from(setup.built, recipe)

@@ -10,8 +10,8 @@ import warnings
 import torch
 
 from mllm.checkpoint import LoadedModel
-from mllm.inference.quantize import QUANTIZE_MODES, QuantizationUnavailableError
 from mllm.models.assembly import DTYPES
+from mllm.models.quantization import QUANTIZE_MODES, QuantizationUnavailableError
 
 
 class ModelLoadError(Exception):

@@ -11,7 +11,6 @@ Optionally the LLM is quantised to 4 or 8 bits. The commands' shared model optio
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -25,8 +24,10 @@ from mllm.checkpoint import (
     LoadedModel,
     load_mllm_checkpoint,
 )
-from mllm.inference.quantize import check_quantization, load_mllm_checkpoint_quantized
+from mllm.inference.quantize import load_mllm_checkpoint_quantized
+from mllm.interop import load_llava_folder
 from mllm.models.llm import configure_cpu_4bit_kernels
+from mllm.models.quantization import check_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +45,6 @@ def is_mllm_checkpoint(folder: Path) -> bool:
         return json.loads(manifest.read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return True  # unreadable: let read_manifest say what is wrong with it
-
-
-def _foreign_loader():
-    """``mllm.interop.load_llava_folder`` where this install has it, else ``None``."""
-    try:
-        interop = importlib.import_module("mllm.interop")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("mllm.interop", "mllm"):
-            return None
-        raise
-    return getattr(interop, "load_llava_folder", None)
 
 
 def _checkpoints_inside(folder: Path) -> str:
@@ -116,12 +106,6 @@ def load(
                 folder, quantize=quantize, dtype=dtype, device=device
             )
         return _for_inference(loaded)
-    load_llava_folder = _foreign_loader()
-    if load_llava_folder is None:
-        raise CheckpointError(
-            f"{folder}: not an mllm checkpoint (no {MANIFEST_NAME}); this install of mllm cannot "
-            f"read LLaVA or transformers Llava folders{_checkpoints_inside(folder)}"
-        )
     try:
         loaded = load_llava_folder(folder, dtype=dtype, device=device, quantize=quantize, **foreign)
     except ValueError as exc:

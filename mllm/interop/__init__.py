@@ -16,7 +16,7 @@ import torch
 from mllm.interop.detect import FolderFormat, ForeignFormatError, detect_format
 
 if TYPE_CHECKING:
-    from mllm.inference.loading import LoadedModel
+    from mllm.checkpoint import LoadedModel
 
 __all__ = ["FolderFormat", "ForeignFormatError", "detect_format", "load_llava_folder"]
 
@@ -55,7 +55,7 @@ def load_llava_folder(
             reproduce (the message names the config key).
     """
     if quantize is not None:
-        from mllm.inference.quantize import check_quantization
+        from mllm.models.quantization import check_quantization
 
         check_quantization(quantize)
     folder = Path(folder).resolve()

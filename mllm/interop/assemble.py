@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mllm.checkpoint import LoadedModel
 from mllm.config import RecipeConfig, validate_recipe
 from mllm.data.recipe_templates import special_tokens_for, stage_template
-from mllm.inference.loading import LoadedModel
 from mllm.interop.detect import ForeignFormatError
 from mllm.models.assembly import BuiltModel, grow_embeddings
 from mllm.models.catalog import PROJECTORS

@@ -32,7 +32,6 @@ from transformers.image_processing_utils import BaseImageProcessor
 from mllm.checkpoint import LoadedModel, load_mllm_checkpoint
 from mllm.config import RecipeConfig, validate_recipe
 from mllm.data.images import target_size
-from mllm.inference.loading import load
 from mllm.interop.detect import detect_format
 from mllm.interop.hf_llava import EXPORT_NOTE, PROJECTOR_NAMES, TOWERS, strategy_for
 from mllm.models.assembly import DTYPES
@@ -150,7 +149,11 @@ def _load(
 ) -> LoadedModel:
     """Any model folder mllm reads, adapters merged into the LLM (in fp32, as ``mllm merge``)."""
     if detect_format(source) != "mllm":
-        return load(source, dtype=dtype, vision_tower_path=vision_tower_path, base_llm=base_llm)
+        from mllm.interop import load_llava_folder
+
+        return load_llava_folder(
+            source, dtype=dtype, vision_tower_path=vision_tower_path, base_llm=base_llm
+        )
     from mllm.checkpoint import RECIPE_NAME, read_manifest
     from mllm.models.lora import merge_adapters
 

@@ -30,8 +30,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from mllm.inference.loading import LoadedModel
-from mllm.inference.quantize import llm_load_options
+from mllm.checkpoint import LoadedModel
 from mllm.interop.assemble import (
     assemble,
     imported_manifest,
@@ -42,6 +41,7 @@ from mllm.interop.detect import ForeignFormatError
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
 from mllm.models.catalog import VISION_TOWERS
 from mllm.models.llm import disable_cpu_repacking
+from mllm.models.quantization import llm_load_options
 
 #: transformers vision model types that Llava can hold and mllm has a tower for.
 TOWERS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}

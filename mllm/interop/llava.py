@@ -35,9 +35,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from mllm.checkpoint import LoadedModel
 from mllm.config.schema import VisionTowerConfig
-from mllm.inference.loading import LoadedModel
-from mllm.inference.quantize import llm_load_options
 from mllm.interop.assemble import (
     assemble,
     imported_manifest,
@@ -49,6 +48,7 @@ from mllm.interop.weights import bin_files, convert_bin_files, read_tensors, saf
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
 from mllm.models.catalog import VISION_TOWERS
 from mllm.models.llm import disable_cpu_repacking
+from mllm.models.quantization import llm_load_options
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from mllm.checkpoint import LoadedModel
 from mllm.config.schema import EvalConfig, RecipeConfig
 from mllm.data.collator import DataCollator
 from mllm.data.dataset import ConversationDataset
@@ -40,7 +41,6 @@ from mllm.data.tokenize import IGNORE_INDEX
 from mllm.data.validate import place_image_markers
 from mllm.eval.scoring import is_correct
 from mllm.inference.generate import GenerationRequest, SamplingSettings, complete
-from mllm.inference.loading import LoadedModel
 from mllm.models.assembly import BuiltModel
 from mllm.training.distributed import Runtime, all_reduce_sum
 

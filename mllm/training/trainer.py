@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mllm import checkpoint as ckpt
-from mllm.config import RecipeConfig, dump_recipe
+from mllm.config import RecipeConfig
 from mllm.models.assembly import BuiltModel
 from mllm.training.deepspeed_config import offloads_optimizer
 from mllm.training.distributed import Runtime, all_reduce_sum
@@ -31,13 +27,12 @@ from mllm.training.sampler import (
     total_optimizer_steps,
 )
 from mllm.training.stage import parameter_groups, set_modes
+from mllm.training.stage_outputs import StageOutputs
 from mllm.training.summary import RunSummary, RunTotals, summarise
 from mllm.training.timing import NullTimer
 from mllm.training.validation import Validator, describe_validation
 
 logger = logging.getLogger(__name__)
-
-ENGINE_TAG = "state"
 
 
 class Trainer:
@@ -80,7 +75,6 @@ class Trainer:
         self.dataset = dataset
         self.collator = collator
         self.runtime = runtime
-        self.saved_components = saved_components
         self.timer = timer or NullTimer()
         self.validator = validator
         self.early_stop = EarlyStopping(self.stage.early_stop) if self.stage.early_stop else None
@@ -88,7 +82,8 @@ class Trainer:
         self._validated_step = -1
         self.stopped_early: str | None = None
         self._postfix: dict[str, str] = {}
-        self.out_dir = Path(recipe.stage_output_dir(stage_name))
+        self.outputs = StageOutputs(recipe, stage_name, built, saved_components, runtime)
+        self.out_dir = self.outputs.root
         self.accumulation = ds_config["gradient_accumulation_steps"]
         self.total_steps = total_optimizer_steps(
             len(dataset), self.stage.global_batch_size, self.stage.epochs, self.stage.max_steps
@@ -265,7 +260,7 @@ class Trainer:
             signum = stop.agreed(self.runtime) if self.step < self.total_steps else 0
             if signum:
                 progress.close()
-                saved = self.checkpoint_root / f"step_{self.step:08d}"
+                saved = self.outputs.checkpoint_dir(self.step)
                 if not saved.is_dir():
                     saved = self.save_resumable()
                 raise TrainingInterrupted(signum, str(saved))
@@ -347,49 +342,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     @property
-    def checkpoint_root(self) -> Path:
-        return self.out_dir / "checkpoints"
-
-    @property
     def final_dir(self) -> Path:
-        return self.out_dir / "final"
-
-    @property
-    def best_dir(self) -> Path:
-        return self.out_dir / "best"
-
-    def _write_loadable(
-        self, folder: Path, metrics: dict[str, float], extra: dict | None = None
-    ) -> None:
-        state = ckpt.gather_state_dict(
-            self.built.model, self.saved_components, keep=self.runtime.is_main
-        )
-        if self.runtime.is_main:
-            ckpt.write_weights_and_manifest(
-                folder,
-                state,
-                stage=self.stage_name,
-                step=self.step,
-                components=self.saved_components,
-                metrics=metrics,
-                recipe_yaml=dump_recipe(self.recipe),
-                tokenizer=self.built.tokenizer,
-                extra=extra,
-            )
-
-    def _save(self, final: Path, write) -> Path:
-        """``checkpoint.write_folder`` on this rank (collective), logged."""
-        ckpt.write_folder(final, write, is_main=self.runtime.is_main)
-        if self.runtime.is_main:
-            logger.info("saved %s", final)
-        return final
+        return self.outputs.final_dir
 
     def save_final(self, metrics: dict[str, float]) -> Path:
         """Write ``STAGE/final`` with the run's summary in its manifest, then print the summary
         (collective)."""
         extra = {"summary": self.summary.to_dict()} if self.summary is not None else None
-        final = self._save(
-            self.final_dir, lambda staging: self._write_loadable(staging, metrics, extra)
+        final = self.outputs.save_loadable(
+            self.final_dir, step=self.step, metrics=metrics, extra=extra
         )
         if self.summary is not None and self.runtime.is_main:
             logger.info("%s", self.summary.line())
@@ -397,67 +358,34 @@ class Trainer:
 
     def save_best(self, values: dict[str, float]) -> Path:
         """Write ``STAGE/best``: the weights of the best validation so far (collective)."""
-        best = self._save(
-            self.best_dir,
-            lambda staging: self._write_loadable(staging, values, {"validation": values}),
+        return self.outputs.save_loadable(
+            self.outputs.best_dir, step=self.step, metrics=values, extra={"validation": values}
         )
-        return best
 
     def save_resumable(self) -> Path:
         """Write ``STAGE/checkpoints/step_N`` with optimizer, scheduler and data position (collective)."""
-
-        def write(staging: Path) -> None:
-            self.engine.save_checkpoint(
-                str(staging / ckpt.ENGINE_DIR),
-                tag=ENGINE_TAG,
-                save_latest=False,
-                exclude_frozen_parameters=True,
-            )
-            rng_file = staging / f"rng_state_rank{self.runtime.rank}.safetensors"
-            save_file({"cpu": torch.get_rng_state()}, str(rng_file))
-            if self.runtime.is_main:
-                state = {
-                    "step": self.step,
-                    "total_steps": self.total_steps,
-                    "world_size": self.runtime.world_size,
-                }
-                if self.early_stop is not None:
-                    state["early_stop"] = self.early_stop.state_dict()
-                (staging / ckpt.TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
-            self._write_loadable(staging, {})
-
-        final = self._save(self.checkpoint_root / f"step_{self.step:08d}", write)
-        if self.runtime.is_main:
-            self._prune_checkpoints()
-        return final
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.stage.keep_checkpoints
-        for old in ckpt.list_checkpoints(self.checkpoint_root)[:-keep]:
-            shutil.rmtree(old)
+        state = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "world_size": self.runtime.world_size,
+        }
+        if self.early_stop is not None:
+            state["early_stop"] = self.early_stop.state_dict()
+        return self.outputs.save_resumable(
+            self.engine, step=self.step, trainer_state=state, keep=self.stage.keep_checkpoints
+        )
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint of this stage, if any."""
-        found = ckpt.list_checkpoints(self.checkpoint_root)
-        if not found:
+        point = self.outputs.resume_point()
+        if point is None:
             return False
-        folder = found[-1]
-        state = json.loads((folder / ckpt.TRAINER_STATE_NAME).read_text())
-        if state["world_size"] != self.runtime.world_size:
-            raise ckpt.CheckpointError(
-                f"{folder} was written by {state['world_size']} processes; resume with the same number "
-                f"(now {self.runtime.world_size}) so the data order stays the same"
-            )
-        self.engine.load_checkpoint(
-            str(folder / ckpt.ENGINE_DIR), tag=ENGINE_TAG, load_module_strict=False
-        )
-        rng = folder / f"rng_state_rank{self.runtime.rank}.safetensors"
-        torch.set_rng_state(load_file(str(rng))["cpu"])
-        self.step = state["step"]
-        if self.early_stop is not None and "early_stop" in state:
-            self.early_stop.load_state_dict(state["early_stop"])
+        self.outputs.restore(self.engine, point)
+        self.step = point.state["step"]
+        if self.early_stop is not None and "early_stop" in point.state:
+            self.early_stop.load_state_dict(point.state["early_stop"])
         self.metrics.drop_after(self.step)  # rows a killed run logged past its last checkpoint
-        logger.info("resumed from %s at step %d of %d", folder, self.step, self.total_steps)
+        logger.info("resumed from %s at step %d of %d", point.folder, self.step, self.total_steps)
         return True
 
 

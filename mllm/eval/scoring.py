@@ -22,22 +22,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-# As in VQA evaluation: number words become digits ("none" counts as zero) and articles go.
-NUMBER_WORDS = {
-    "none": "0",
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-ARTICLES = frozenset({"a", "an", "the"})
+from mllm.eval.benchmarks.vqa_accuracy import ARTICLES, NUMBER_WORDS  # VQA's, shared
+
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")  # 1,000 -> 1000
 _NON_DECIMAL_PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")  # keeps the point in 3.5
 _PUNCTUATION = re.compile(r"""[;/\[\]"{}()=+\\_\-><@`,?!:*#%&|~^$]""")

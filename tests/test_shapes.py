@@ -29,6 +29,7 @@ from mllm.demo.shapes import (
 
 SIZES = {"num_align": 48, "num_instruct": 60, "num_test": 30}
 GRID = {"basic": 2, "hard": 3}
+EXISTS = re.compile(r"Is there an? (\w+) (\w+) in the image\?")
 TOWER = 32  # the demo tower's input side; the processor resizes (bicubic) to it
 
 
@@ -153,6 +154,7 @@ def test_training_files_follow_llava_format(data: tuple[str, ShapesDataset]) -> 
     names = {*COLOURS, *VARIANTS[variant].shapes, *VARIANTS[variant].cells}
     allowed = {name.capitalize() for name in names} | {"1", "2", "3", "4"}
     turn_counts = set()
+    exists_answers: list[str] = []
     for record in instruct:
         turns = record["conversations"]
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
@@ -160,6 +162,13 @@ def test_training_files_follow_llava_format(data: tuple[str, ShapesDataset]) -> 
         assert all(h.endswith(f"\n{SHORT_ANSWER}") for h in humans)
         text = json.dumps(turns)
         if "image" in record:
+            asked = EXISTS.match(humans[-1].split("\n")[-2])
+            if asked:  # the yes/no object question comes last, true of the pixels
+                truth = describe(data.image_folder / record["image"], variant)
+                present = asked.groups() == (truth["color"], truth["shape"])
+                assert turns[-1]["value"] == ("Yes" if present else "No")
+                exists_answers.append(turns[-1]["value"])
+                turns, humans = turns[:-2], humans[:-1]
             turn_counts.add(len(turns) // 2)
             assert humans[0].startswith("<image>\n") and text.count("<image>") == 1
             assert {t["value"] for t in turns[1::2]} <= allowed
@@ -167,6 +176,9 @@ def test_training_files_follow_llava_format(data: tuple[str, ShapesDataset]) -> 
         else:
             assert "<image>" not in text and turns[1]["value"].isdigit()
     assert {1, 2, 3} <= turn_counts <= {1, 2, 3, 4}
+    # about half of the image dialogues, about half of those answered "No"
+    assert 0.3 * len(instruct) <= len(exists_answers) <= 0.6 * len(instruct)
+    assert 0.25 <= exists_answers.count("No") / len(exists_answers) <= 0.75
 
 
 def test_test_split_asks_each_applicable_category_once(data: tuple[str, ShapesDataset]) -> None:
@@ -205,6 +217,8 @@ def test_answers_are_true_of_the_pixels(data: tuple[str, ShapesDataset]) -> None
         truth = describe(data.image_folder / record["image"], variant)
         turns = record["conversations"]
         for human, gpt in zip(turns[::2], turns[1::2], strict=True):
+            if EXISTS.match(human["value"].split("\n")[-2]):
+                continue  # checked in test_training_files_follow_llava_format
             category = category_of(human["value"])
             assert gpt["value"] == expected_answer(truth, category), (record["id"], category)
             checked += 1

@@ -7,8 +7,10 @@ colour, each in its own grid cell (:mod:`mllm.demo.scenes` draws them). Writes, 
 
     images/{align,instruct,test}/NNNNNN.png   image paths in the JSON are relative to images/
     align.json          stage 1, LLaVA pretraining format (template ``plain``): image + caption
-    instruct.json       stage 2, multi-turn short-answer dialogues (``vicuna_v1``), ~10% text-only
+    instruct.json       stage 2, multi-turn short-answer dialogues (``vicuna_v1``), ~10% text-only;
+                        half of the image ones end with a yes/no object question
     test/questions.jsonl, test/answers.jsonl   LLaVA eval format, one question per category
+    test/shapes_pope_{random,popular,adversarial}.json   POPE format (:mod:`mllm.demo.pope`)
 
 Variants: ``basic`` (flat gray, 2x2 quadrants, 4 shapes, 64 px) and ``hard`` (gradient and
 noise backgrounds, 3x3 cells, 6 shapes, 48 px). Images need not match the vision tower's size:
@@ -24,6 +26,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from mllm.demo.pope import write_shapes_pope
 from mllm.demo.scenes import (
     COLOURS,
     HARD_SHAPES,
@@ -77,6 +80,11 @@ CAPTION_PROMPTS = (
     "Write a terse caption for the image.",
 )
 TEXT_ONLY_FRACTION = 0.1
+#: Share of image dialogues that end with a yes/no object question ("Is there a red circle in
+#: the image?"), half of them answered "No": without any, a model answers "Yes" to every POPE
+#: question (``mllm.demo.pope``), which measures nothing.
+EXISTS_FRACTION = 0.5
+EXISTS_QUESTION = "Is there a {colour} {shape} in the image?"
 
 
 def applicable_categories(scene: Scene) -> list[str]:
@@ -125,6 +133,26 @@ def _instruct_record(rng: random.Random, index: int, image: str, scene: Scene) -
     return {"id": f"instruct-{index:06d}", "image": image, "conversations": conversations}
 
 
+def _add_exists_turn(
+    rng: random.Random, record: dict, scene: Scene, shapes: tuple[str, ...]
+) -> None:
+    """Append a yes/no object question to ``record`` (see ``EXISTS_FRACTION``); the absent
+    object is any other (colour, shape) pair."""
+    if rng.random() >= EXISTS_FRACTION:
+        return
+    present = (scene.colour, scene.shape)
+    if rng.random() < 0.5:
+        colour, shape, answer = *present, "Yes"
+    else:
+        pairs = [(c, s) for c in COLOURS for s in shapes if (c, s) != present]
+        colour, shape, answer = *rng.choice(pairs), "No"
+    question = EXISTS_QUESTION.format(colour=colour, shape=shape)
+    record["conversations"] += [
+        {"from": "human", "value": f"{question}\n{SHORT_ANSWER}"},
+        {"from": "gpt", "value": answer},
+    ]
+
+
 def _text_only_record(rng: random.Random, index: int) -> dict:
     """Trivial arithmetic, so batches mix samples with and without an image."""
     a, b = rng.randint(0, 9), rng.randint(0, 9)
@@ -166,7 +194,8 @@ def make_shapes_dataset(
         out_dir: Folder to write (existing files of the same names are overwritten).
         num_align: Stage-1 image-caption samples, one image each.
         num_instruct: Stage-2 samples; about 10% are text-only, the rest have one image
-            with one question turn per category, 1 to all applicable ones.
+            with one question turn per category, 1 to all applicable ones, and half of them
+            a yes/no object question last (``EXISTS_FRACTION``).
         num_test: Held-out images; each gives one question per applicable category (color,
             shape, count, and position when it shows a single shape).
         image_size: Square image side in pixels; ``None`` takes the variant's default (basic
@@ -215,13 +244,16 @@ def make_shapes_dataset(
         align.append(_align_record(rng, index, save("align", index, scene), scene))
 
     text_only = set(rng.sample(range(num_instruct), round(TEXT_ONLY_FRACTION * num_instruct)))
+    exists_rng = random.Random(f"shapes-exists-{seed}")  # leaves the other draws as they were
     instruct = []
     for index in range(num_instruct):
         if index in text_only:
             instruct.append(_text_only_record(rng, index))
             continue
         scene = new_scene(rng)
-        instruct.append(_instruct_record(rng, index, save("instruct", index, scene), scene))
+        record = _instruct_record(rng, index, save("instruct", index, scene), scene)
+        _add_exists_turn(exists_rng, record, scene, spec.shapes)
+        instruct.append(record)
 
     test_rng = random.Random(f"shapes-test-{seed}")
     questions, answers = [], []
@@ -251,6 +283,7 @@ def make_shapes_dataset(
     _write_json(dataset.instruct_json, instruct)
     _write_jsonl(dataset.questions, questions)
     _write_jsonl(dataset.answers, answers)
+    write_shapes_pope(out_dir, variant, seed)
     return dataset
 
 

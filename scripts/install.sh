@@ -5,13 +5,14 @@
 # Every other package is held to constraints.txt, the exact versions the test suite passed
 # with, so a fresh install is the tested install.
 #   python3 -m venv .venv && . .venv/bin/activate && bash scripts/install.sh [EXTRAS] [--latest]
-# EXTRAS defaults to "dev" (tests, lint, DeepSpeed); GPU machines may add "flash-attn,bitsandbytes".
+# EXTRAS defaults to "dev,lmms-eval" (tests, lint, DeepSpeed, and lmms-eval for its test);
+# GPU machines may add "flash-attn,bitsandbytes".
 #   --latest               install the newest releases instead of constraints.txt
 #   --write-constraints    write the active environment's versions to constraints.txt (after
 #                          the suite passed on a --latest install) and exit
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="dev"
+extras="dev,lmms-eval"
 latest=0
 for arg in "$@"; do
   case "$arg" in
@@ -37,6 +38,11 @@ fi
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet "${pins[@]}" -e ".[${extras}]"
+if [[ ",${extras}," == *",lmms-eval,"* ]]; then
+  # lmms-eval's own requirements pull torchvision, wandb and a CUDA torch: install it alone;
+  # the extra "lmms-eval" above brought what its evaluator and CLI import.
+  python -m pip install --quiet --no-deps "lmms-eval==0.7.3"
+fi
 python - <<'PY'
 import torch
 assert torch.__version__.startswith("2.13.0"), f"torch was replaced: {torch.__version__}"

@@ -99,7 +99,6 @@ class _Prepared:
 
 def _encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
     """The prompt's ids in the model's template, each image marker expanded to its tokens."""
-    model, tokenizer = loaded.built.model, loaded.built.tokenizer
     image_token = loaded.built.image_token
     text = get_template(loaded.template).generation_prompt(
         request.conversation, image_token=image_token
@@ -109,6 +108,15 @@ def _encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]
         raise ValueError(
             f"the conversation has {markers} {image_token} markers but {len(request.images)} images"
         )
+    return encode_rendered(loaded, text)
+
+
+def encode_rendered(loaded: LoadedModel, text: str) -> list[int]:
+    """Ids of text already in the model's template (a generation prompt, possibly followed by
+    the start of a reply), each image marker expanded to the model's image tokens, tokenized
+    as the model saw its prompts in training (BOS included)."""
+    model, tokenizer = loaded.built.model, loaded.built.tokenizer
+    image_token = loaded.built.image_token
     if loaded.manifest.get("prompt_tokenization") == "llava":
         # Original LLaVA checkpoints saw prompts tokenized piece by piece around each image.
         from mllm.interop.llava import llava_prompt_ids

@@ -111,6 +111,26 @@ def test_unreadable_images_name_the_path(tmp_path: Path) -> None:
         load_image(garbage)
 
 
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_a_cut_short_file_fails_even_where_pillow_was_told_to_accept_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    # Some libraries turn Pillow's process-wide tolerance on when imported (lmms-eval does);
+    # a truncated training image must still fail, and the switch is left as it was.
+    from PIL import ImageFile
+
+    whole = tmp_path / f"whole.{suffix}"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(whole)
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ImageLoadError, match=f"cut.{suffix}"):
+        load_image(cut)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    assert load_image(whole).size == (64, 64)
+
+
 # --- expand_to_square and the modes ------------------------------------------------------
 
 

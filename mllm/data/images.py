@@ -23,12 +23,14 @@ header and refuses images over ``max_pixels`` before decoding them (decompressio
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 if TYPE_CHECKING:  # annotations only: keeps `import mllm.data` from loading transformers
     from transformers.image_processing_utils import BaseImageProcessor
@@ -101,6 +103,24 @@ def resolve_image_path(folder: str | os.PathLike[str] | None, path: str) -> Path
     return full
 
 
+@contextmanager
+def strict_decoding() -> Iterator[None]:
+    """Decode with Pillow's tolerance for cut-short files off, whatever the process set.
+
+    Pillow reads one process-wide switch, ``ImageFile.LOAD_TRUNCATED_IMAGES``, when it decodes,
+    and some libraries turn it on when imported (lmms-eval's task module does). A file cut
+    short then decodes with its missing rows filled in, and a model would train on, or
+    answer about, a picture that is partly blank. Every decode of a user's image here fails
+    instead; the switch is restored afterwards.
+    """
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def load_image(
     path: str | os.PathLike[str],
     *,
@@ -131,7 +151,8 @@ def load_image(
                     f"image {os.fspath(path)!r} is {width}x{height} = {width * height} pixels, "
                     f"over the limit of {max_pixels} (a decompression bomb?)"
                 )
-            image.load()
+            with strict_decoding():
+                image.load()
             return to_rgb(image, background=background)
     except ImageLoadError:
         raise

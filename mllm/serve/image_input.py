@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from mllm.data.images import ImagePathError, resolve_image_path, to_rgb
+from mllm.data.images import ImagePathError, resolve_image_path, strict_decoding, to_rgb
 
 
 class ImageInputError(ValueError):
@@ -48,7 +48,8 @@ def decode_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
                     status=413,
                     code="image_too_large",
                 )
-            image.load()
+            with strict_decoding():
+                image.load()
             return to_rgb(image)
     except ImageInputError:
         raise

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from mllm.data.images import ImagePathError, resolve_image_path, to_rgb
+from mllm.data.images import ImagePathError, resolve_image_path, strict_decoding, to_rgb
 
 # Last bytes of a complete file: PNG's IEND chunk, JPEG's EOI marker (trailing data after it
 # is tolerated within this many bytes).
@@ -79,7 +79,8 @@ def inspect_image(task: tuple[str, int | None, bool, bool]) -> ImageResult:
                     mode=mode,
                 )
             if decode:
-                image.load()
+                with strict_decoding():
+                    image.load()
                 to_rgb(image)
             elif image.format in ("PNG", "JPEG"):
                 result = _end_marker(path, image.format, size, mode)

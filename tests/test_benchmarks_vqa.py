@@ -1,6 +1,7 @@
 """VQAv2, TextVQA and GQA: questions from the published formats, and scores that match the
-official scorer (LLaVA's m4c_evaluator, run by scripts/make_benchmark_fixtures.py) on tiny
-fixtures; GQA against a hand-worked example (its eval.py is not installable)."""
+official scorers on tiny fixtures (run by scripts/make_benchmark_fixtures.py): LLaVA's
+m4c_evaluator for VQAv2 and TextVQA; for GQA, LLaVA's convert_gqa_for_eval.py then GQA's
+eval.py, as LLaVA's gqa.sh runs them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mllm.eval.benchmarks import BENCHMARKS, BenchmarkDataError
+from mllm.eval.benchmarks.gqa import normalize_gqa_answer
 from mllm.eval.benchmarks.vqa_accuracy import normalize_vqa_answer, soft_accuracy
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -140,6 +142,25 @@ def test_gqa_hand_worked(tmp_path):
     assert report.per_category["structural: logical"]["accuracy"] == 0.0
     assert report.per_category["semantic: attr"]["accuracy"] == 0.5
     assert report.per_category["semantic: rel"]["accuracy"] == 1.0
+
+
+def test_gqa_matches_official():
+    benchmark = make("gqa", FIXTURES / "gqa")
+    predictions = json.loads((FIXTURES / "gqa" / "predictions.json").read_text())
+    official = OFFICIAL["gqa"]
+    for qid, said in predictions.items():  # LLaVA's converter, as the official run applied it
+        assert normalize_gqa_answer(said) == official["converted"][qid]
+    report = benchmark.score(predictions)
+    assert report.count == len(predictions)
+    assert report.metrics["accuracy"] == pytest.approx(official["accuracy"], abs=1e-12)
+    expected = {
+        f"{kind}: {name}": value
+        for kind in ("structural", "semantic")
+        for name, value in official[kind].items()
+    }
+    assert set(report.per_category) == set(expected)
+    for name, value in expected.items():
+        assert report.per_category[name]["accuracy"] == pytest.approx(value, abs=1e-12), name
 
 
 def test_gqa_malformed_record(tmp_path):

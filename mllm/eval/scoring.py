@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from mllm.eval.benchmarks.files import read_jsonl  # errors name file and line
 from mllm.eval.benchmarks.vqa_accuracy import ARTICLES, NUMBER_WORDS  # VQA's, shared
 
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")  # 1,000 -> 1000
@@ -50,25 +51,16 @@ def normalize_answer(text: str) -> str:
 def _read_jsonl(path: Path, required: Sequence[str]) -> dict[int, tuple[int, dict]]:
     """Map question_id -> (line number, record); errors name the file and line."""
     records: dict[int, tuple[int, dict]] = {}
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            missing = [key for key in required if key not in record]
-            if missing:
-                raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
-            question_id = record["question_id"]
-            if question_id in records:
-                first = records[question_id][0]
-                raise ValueError(f"{where}: question_id {question_id!r} repeats line {first}")
-            records[question_id] = (number, record)
+    for where, record in read_jsonl(path):
+        number = int(where.rsplit(":", 1)[1])
+        missing = [key for key in required if key not in record]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+        question_id = record["question_id"]
+        if question_id in records:
+            first = records[question_id][0]
+            raise ValueError(f"{where}: question_id {question_id!r} repeats line {first}")
+        records[question_id] = (number, record)
     return records
 
 

@@ -91,8 +91,18 @@ class Benchmark(ABC):
     #: Generation budget per answer: short answers by default, captions need more.
     max_new_tokens: ClassVar[int] = 16
 
+    #: The splits the benchmark reads, the default first; empty: the class takes ``split`` as
+    #: it is (no splits, or ones it finds in the files).
+    known_splits: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, root: Path, split: str | None = None) -> None:
         self.root = Path(root)
+        if self.known_splits:
+            split = split or self.known_splits[0]
+            if split not in self.known_splits:
+                raise BenchmarkDataError(
+                    f"{self.name}: unknown split {split!r}; choose one of: {', '.join(self.known_splits)}"
+                )
         self.split = split
 
     @abstractmethod

@@ -41,13 +41,7 @@ class TextVQA(Benchmark):
     """TextVQA validation; ``split`` ``val`` (default) or ``val_ocr`` (OCR tokens in the prompt)."""
 
     name = "textvqa"
-
-    def __init__(self, root: Path, split: str | None = None) -> None:
-        super().__init__(root, split or "val")
-        if self.split not in SPLITS:
-            raise BenchmarkDataError(
-                f"textvqa: unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}"
-            )
+    known_splits = SPLITS
 
     @property
     def annotations_file(self) -> Path:

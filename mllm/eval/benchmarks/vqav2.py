@@ -45,13 +45,7 @@ class VQAv2(Benchmark):
     """VQAv2 open-ended questions; ``split`` one of :data:`SPLITS` (default ``val2014``)."""
 
     name = "vqav2"
-
-    def __init__(self, root: Path, split: str | None = None) -> None:
-        super().__init__(root, split or "val2014")
-        if self.split not in SPLITS:
-            raise BenchmarkDataError(
-                f"vqav2: unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}"
-            )
+    known_splits = SPLITS
 
     @property
     def questions_file(self) -> Path:

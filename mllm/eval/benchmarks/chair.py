@@ -2,16 +2,31 @@
 objects the image does not show.
 
 Each caption's object mentions are found through ``coco_objects.txt`` (the 80 COCO categories
-and their synonyms, one- and two-word, written for mllm): words are lowercased, split on
-non-letters, singularised by trying the plural endings that give a known word ("buses" ->
-"bus", "knives" -> "knife", "people" stays), and two-word synonyms ("hot dog") win over their
-parts. As in the reference: "baby"/"adult" before an animal and "passenger" before a train or
-plane name the animal or vehicle (not a person), and "seat" is not a chair in a caption that
+and their synonyms, one- and two-word, written for mllm): words are lowercased and split as
+NLTK's ``word_tokenize`` splits them for this purpose (punctuation and "'s" apart, "t-shirt"
+one word), singularised by trying the plural endings that give a known word ("buses" -> "bus",
+"knives" -> "knife", "people" stays), and two-word synonyms ("hot dog") win over their parts.
+As in the reference: "baby"/"adult" before an animal and "passenger" before a train or plane
+name the animal or vehicle (not a person), and "seat" is not a chair in a caption that
 mentions a toilet. An image's ground truth is the categories of its instance annotations plus
 the objects its human captions mention.
 
 - CHAIRs: the fraction of captions with at least one hallucinated mention;
 - CHAIRi: hallucinated mentions / all mentions (a category named twice counts twice).
+
+Checked against the reference scorer (chair.py, in the Python 3 port the later papers run) on
+the same synonym table (``tests/test_benchmarks_chair.py``): the same objects in every caption
+and the same CHAIRs / CHAIRi, except where mllm differs on purpose:
+
+- the reference singularises every word with pattern's ``singularize``, which turns "bus" into
+  "bu", "glass" into "glas", "tennis" into "tenni" and "ties" into "ty": it never counts a
+  bus or a glass, nor ties in the plural. mllm only singularises into known words;
+- its "baby"/"adult"/"passenger" qualifiers and its two-word names are fixed word lists ("baby
+  dog" but not "baby puppy"); mllm applies them to every word of the table's categories.
+
+So mllm's CHAIR is the reference's metric without those misses; with a different synonym list
+than the reference's own, absolute numbers are comparable across mllm runs rather than to
+published tables.
 
 Expected under ``--data-root`` (https://cocodataset.org/#download, 2014 train/val
 annotations)::
@@ -53,7 +68,7 @@ DOWNLOAD = "download the 2014 annotations from https://cocodataset.org/#download
 ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
 VEHICLES = ("train", "airplane")
 _IRREGULAR = {"men": "man", "women": "woman", "children": "child", "geese": "goose", "mice": "mouse", "teeth": "tooth", "feet": "foot", "oxen": "ox"}  # fmt: skip
-_WORD = re.compile(r"[a-z]+")
+_WORD = re.compile(r"[a-z0-9]+(?:[-/][a-z0-9]+)*")  # "t-shirt", "cat/dog": one word, as NLTK splits
 
 
 @dataclass(frozen=True)
@@ -96,8 +111,8 @@ def singular(word: str) -> str:
     if word in known or word in _IRREGULAR:
         return _IRREGULAR.get(word, word)
     candidates = []
-    if word.endswith("ies"):
-        candidates.append(word[:-3] + "y")
+    if word.endswith("ies"):  # "skies" is no plural of "ski"
+        return next((c for c in (word[:-3] + "y", word[:-1]) if c in known), word)
     if word.endswith("ves"):
         candidates += [word[:-3] + "fe", word[:-3] + "f"]
     if word.endswith("es"):

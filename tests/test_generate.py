@@ -12,9 +12,7 @@ from training_utils import run_train, write_recipe
 
 import mllm
 from mllm.checkpoint import CheckpointError
-from mllm.config import load_recipe
 from mllm.data.images import load_image
-from mllm.data.recipe_templates import special_tokens_for
 from mllm.data.templates import get_template
 from mllm.inference import (
     GenerationRequest,
@@ -26,23 +24,6 @@ from mllm.inference import (
 )
 from mllm.inference import loading as loading_module
 from mllm.inference.generate import _prepare
-from mllm.models.assembly import build_model
-
-
-@pytest.fixture(scope="module")
-def loaded(trained_shapes):
-    torch.set_num_threads(1)
-    return mllm.load(trained_shapes.checkpoint)
-
-
-@pytest.fixture(scope="module")
-def untrained(trained_shapes):
-    """The same architecture with random weights: its answers rarely stop, so they run long."""
-    recipe = load_recipe(trained_shapes.recipe)
-    torch.manual_seed(0)
-    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
-    built.model.eval()
-    return LoadedModel(built, recipe, "vicuna_v1", "pad", {})
 
 
 def _colour_request(question) -> GenerationRequest:
@@ -282,6 +263,29 @@ def test_closing_a_stream_stops_generation(untrained, trained_shapes):
     deltas.close()
     (completion,) = deltas.completions
     assert completion.completion_tokens < 900
+
+
+def test_cancelling_one_request_of_a_batch_leaves_the_others_as_they_were(
+    untrained, trained_shapes
+):
+    """What a server does when one client of a batch leaves: that row stops emitting and
+    counting, the others answer as they would have; all rows cancelled stop the call."""
+    requests = _mixed_requests(trained_shapes)[:2]
+    settings = SamplingSettings(max_new_tokens=300)
+    (alone,) = complete(untrained, requests[1:], settings)
+    deltas = stream(untrained, requests, settings)
+    texts = ["", ""]
+    for delta in deltas:
+        if delta.index == 0:
+            deltas.cancel(0)
+        texts[delta.index] += delta.text
+    cancelled, kept = deltas.completions
+    assert cancelled.completion_tokens < 300 and kept == alone and texts[1] == alone.text
+    deltas = stream(untrained, requests, settings)
+    for _ in deltas:
+        deltas.cancel(0)
+        deltas.cancel(1)
+    assert all(c.completion_tokens < 300 for c in deltas.completions)
 
 
 def test_a_lora_run_loads_unmerged_and_quantized(loaded, trained_shapes, tmp_path):

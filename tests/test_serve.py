@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,34 +14,20 @@ from pathlib import Path
 
 import openai
 import pytest
-import torch
 from PIL import Image
 from trained_shapes import answer_targets
 
-import mllm
 from mllm.serve.openai_api import ServerLimits
-from mllm.serve.server import ModelServer, ServeSettings, make_server
+from mllm.serve.server import ModelServer
+from mllm.serve.settings import ServeSettings
 
 NAME = "tiny-shapes"
 
 
-@pytest.fixture(scope="module")
-def loaded(trained_shapes):
-    torch.set_num_threads(1)
-    return mllm.load(trained_shapes.checkpoint)
-
-
 @contextmanager
 def running(loaded, settings: ServeSettings) -> Iterator[ModelServer]:
-    server = make_server(loaded, settings, host="127.0.0.1", port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with ModelServer(loaded, settings, host="127.0.0.1", port=0) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture(scope="module")

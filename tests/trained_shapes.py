@@ -133,3 +133,32 @@ def trained_shapes(tmp_path_factory: pytest.TempPathFactory) -> TrainedShapes:
     keep = os.environ.get("MLLM_TEST_TRAINED_SHAPES")
     root = Path(keep) if keep else tmp_path_factory.getbasetemp() / "trained_shapes"
     return build_trained_shapes(root.resolve())
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_shapes: TrainedShapes):
+    """The trained model as ``mllm.load`` gives it, one torch thread (as in a served process)."""
+    import torch
+
+    import mllm
+
+    torch.set_num_threads(1)
+    return mllm.load(trained_shapes.checkpoint)
+
+
+@pytest.fixture(scope="module")
+def untrained(trained_shapes: TrainedShapes):
+    """The trained model's architecture with random weights: its answers rarely stop, so they
+    run to the budget."""
+    import torch
+
+    from mllm.checkpoint import LoadedModel
+    from mllm.config import load_recipe
+    from mllm.data.recipe_templates import special_tokens_for
+    from mllm.models.assembly import build_model
+
+    recipe = load_recipe(trained_shapes.recipe)
+    torch.manual_seed(0)
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    built.model.eval()
+    return LoadedModel(built, recipe, "vicuna_v1", "pad", {})

@@ -22,14 +22,16 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from mllm.data.anyres import ANYRES, AnyresSpec, anyres_spec, layout_tensors, prepare_anyres
 from mllm.data.images import prepare_image
-from mllm.data.templates import get_template
+from mllm.data.tokenizer_template import resolve_template
 from mllm.inference.decoding import FinishReason, StopStringDecoder
 from mllm.inference.loading import LoadedModel
 
@@ -93,14 +95,26 @@ class _Prepared:
 
     input_ids: torch.Tensor  # [batch, width]
     attention_mask: torch.Tensor  # [batch, width]
-    pixel_values: torch.Tensor | None  # [num_images, 3, H, W]
+    pixel_values: torch.Tensor | None  # [num_images, 3, H, W]; anyres: [num_tiles, 3, H, W]
     prompt_lengths: list[int]
+    image_sizes: torch.Tensor | None = None  # anyres: [num_images, 2]
+    image_grids: torch.Tensor | None = None  # anyres: [num_images, 2]
+
+
+def _anyres(loaded: LoadedModel) -> AnyresSpec | None:
+    """The anyres tiling the model was trained with, or None for the single-tile modes."""
+    if loaded.image_aspect_ratio != ANYRES:
+        return None
+    if not loaded.image_grid_pinpoints:
+        raise ValueError("the model reads images as anyres but has no image_grid_pinpoints")
+    built = loaded.built
+    return anyres_spec(loaded.image_grid_pinpoints, built.image_processor, built.model)
 
 
 def _encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
     """The prompt's ids in the model's template, each image marker expanded to its tokens."""
     image_token = loaded.built.image_token
-    text = get_template(loaded.template).generation_prompt(
+    text = resolve_template(loaded.template, loaded.built.tokenizer).generation_prompt(
         request.conversation, image_token=image_token
     )
     markers = text.count(image_token)
@@ -108,16 +122,25 @@ def _encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]
         raise ValueError(
             f"the conversation has {markers} {image_token} markers but {len(request.images)} images"
         )
-    return encode_rendered(loaded, text)
+    spec = _anyres(loaded)
+    counts = None
+    if spec is not None:
+        counts = [spec.token_count((image.height, image.width)) for image in request.images]
+    return encode_rendered(loaded, text, counts)
 
 
-def encode_rendered(loaded: LoadedModel, text: str) -> list[int]:
+def encode_rendered(
+    loaded: LoadedModel, text: str, image_counts: Sequence[int] | None = None
+) -> list[int]:
     """Ids of text already in the model's template (a generation prompt, possibly followed by
-    the start of a reply), each image marker expanded to the model's image tokens, tokenized
-    as the model saw its prompts in training (BOS included)."""
+    the start of a reply), each image marker expanded to the model's image tokens (or to
+    ``image_counts[i]`` for the i-th marker, as anyres images need), tokenized as the model
+    saw its prompts in training (BOS included)."""
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
     image_token = loaded.built.image_token
     if loaded.manifest.get("prompt_tokenization") == "llava":
+        if image_counts is not None:
+            raise ValueError("anyres images in LLaVA's prompt tokenization are not supported yet")
         # Original LLaVA checkpoints saw prompts tokenized piece by piece around each image.
         from mllm.interop.llava import llava_prompt_ids
 
@@ -129,16 +152,45 @@ def encode_rendered(loaded: LoadedModel, text: str) -> list[int]:
             num_image_tokens=model.num_image_tokens,
         )
     ids: list[int] = []
+    counts = iter(image_counts) if image_counts is not None else None
     for token_id in tokenizer(text, add_special_tokens=True)["input_ids"]:
-        ids.extend(
-            [token_id] * model.num_image_tokens if token_id == model.image_token_id else [token_id]
-        )
+        if token_id != model.image_token_id:
+            ids.append(token_id)
+            continue
+        count = model.num_image_tokens if counts is None else next(counts, None)
+        if count is None:
+            raise ValueError(f"more image markers than the {len(image_counts)} image counts")
+        ids.extend([token_id] * count)
     return ids
 
 
 def _context_length(loaded: LoadedModel) -> int | None:
     config = loaded.built.model.llm.config.get_text_config()
     return getattr(config, "max_position_embeddings", None)
+
+
+def _check_room(loaded: LoadedModel, prompt_length: int, settings: SamplingSettings) -> None:
+    context = _context_length(loaded)
+    if context is not None and prompt_length + settings.max_new_tokens > context:
+        raise ValueError(
+            f"the prompt is {prompt_length} tokens (images included) and up to "
+            f"{settings.max_new_tokens} new tokens are asked for, over the model's context of "
+            f"{context} tokens; shorten the conversation or ask for fewer new tokens"
+        )
+
+
+def check_request(
+    loaded: LoadedModel, request: GenerationRequest, settings: SamplingSettings
+) -> None:
+    """Raise what :func:`stream` or :func:`complete` would raise for ``request`` on its own,
+    without preparing its images: a server checks each request before it joins a batch, so
+    one bad request is answered alone instead of failing the batch it would share.
+
+    Raises:
+        ValueError: markers and images that differ in number, or no room in the context.
+        ConversationError: a conversation the template cannot render.
+    """
+    _check_room(loaded, len(_encode_prompt(loaded, request)), settings)
 
 
 def _prepare(
@@ -156,14 +208,8 @@ def _prepare(
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
     device = next(model.llm.parameters()).device
     encoded = [_encode_prompt(loaded, r) for r in requests]
-    context = _context_length(loaded)
     longest = max(len(ids) for ids in encoded)
-    if context is not None and longest + settings.max_new_tokens > context:
-        raise ValueError(
-            f"the prompt is {longest} tokens (images included) and up to "
-            f"{settings.max_new_tokens} new tokens are asked for, over the model's context of "
-            f"{context} tokens; shorten the conversation or ask for fewer new tokens"
-        )
+    _check_room(loaded, longest, settings)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor(
         [[pad] * (longest - len(ids)) + ids for ids in encoded], device=device
@@ -173,6 +219,14 @@ def _prepare(
     )
     images = [img for r in requests for img in r.images]
     processor = loaded.built.image_processor
+    lengths = [len(ids) for ids in encoded]
+    spec = _anyres(loaded)
+    if spec is not None and images:
+        prepared = [prepare_anyres(img, processor, spec.pinpoints) for img in images]
+        tiles, layouts = zip(*prepared, strict=True)
+        layout = {k: v.to(device) for k, v in layout_tensors(layouts).items()}
+        pixel_values = torch.cat(tiles).to(device)  # [num_tiles, 3, H, W]
+        return _Prepared(input_ids, attention_mask, pixel_values, lengths, **layout)
     pixel_values = (
         torch.stack(
             [prepare_image(img, processor, loaded.image_aspect_ratio) for img in images]
@@ -180,12 +234,13 @@ def _prepare(
         if images
         else None
     )
-    return _Prepared(input_ids, attention_mask, pixel_values, [len(ids) for ids in encoded])
+    return _Prepared(input_ids, attention_mask, pixel_values, lengths)
 
 
 def _stop_strings(loaded: LoadedModel, settings: SamplingSettings) -> tuple[str, ...]:
     tokenizer = loaded.built.tokenizer
-    stops = (*get_template(loaded.template).stop_strings, *settings.stop, tokenizer.eos_token)
+    template = resolve_template(loaded.template, tokenizer)
+    stops = (*template.stop_strings, *settings.stop, tokenizer.eos_token)
     return tuple(dict.fromkeys(s for s in stops if s))
 
 
@@ -215,7 +270,9 @@ def _single_token_ids(tokenizer: PreTrainedTokenizerBase, texts: tuple[str, ...]
 class _DecodeEachStep(StoppingCriteria):
     """``generate``'s stopping criterion: feeds each step's new tokens to the rows' decoders,
     hands their text to ``on_delta``, and ends the rows they finished (every row once the
-    caller cancels). Criteria run right after a token is chosen, before the next forward pass.
+    caller cancels). A row in ``cancelled_rows`` ends at the next step and says nothing more;
+    ``generate`` stops once every row has ended. Criteria run right after a token is chosen,
+    before the next forward pass.
     """
 
     def __init__(
@@ -224,10 +281,12 @@ class _DecodeEachStep(StoppingCriteria):
         on_delta: Callable[[TextDelta], None] | None,
         cancelled: threading.Event,
         device: torch.device,
+        cancelled_rows: AbstractSet[int] = frozenset(),
     ) -> None:
         self._decoders = decoders
         self._on_delta = on_delta
         self._cancelled = cancelled
+        self._cancelled_rows = cancelled_rows  # may grow from another thread
         self._done = torch.zeros(len(decoders), dtype=torch.bool, device=device)  # [batch]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -235,7 +294,9 @@ class _DecodeEachStep(StoppingCriteria):
             return torch.ones_like(self._done)
         for index, token_id in enumerate(input_ids[:, -1].tolist()):  # one new token per row
             decoder = self._decoders[index]
-            if not decoder.done:
+            if index in self._cancelled_rows:
+                self._done[index] = True
+            elif not decoder.done:
                 self._emit(index, decoder.add(token_id))
                 if decoder.done:
                     self._done[index] = True
@@ -256,7 +317,7 @@ class _DecodeEachStep(StoppingCriteria):
             self._emit(index, decoder.finish())
 
     def _emit(self, index: int, text: str) -> None:
-        if text and self._on_delta is not None:
+        if text and self._on_delta is not None and index not in self._cancelled_rows:
             self._on_delta(TextDelta(index, text))
 
 
@@ -267,6 +328,7 @@ def _run(
     settings: SamplingSettings,
     on_delta: Callable[[TextDelta], None] | None,
     cancelled: threading.Event,
+    cancelled_rows: AbstractSet[int] = frozenset(),
 ) -> list[Completion]:
     """The one generation loop behind :func:`generate` and :func:`stream`."""
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
@@ -275,7 +337,12 @@ def _run(
     decoders = [
         StopStringDecoder(tokenizer, stop_ids, stop_strings) for _ in prepared.prompt_lengths
     ]
-    inputs_embeds = model.embed(prepared.input_ids, prepared.pixel_values)  # [batch, seq, hidden]
+    inputs_embeds = model.embed(
+        prepared.input_ids,
+        prepared.pixel_values,
+        image_sizes=prepared.image_sizes,
+        image_grids=prepared.image_grids,
+    )  # [batch, seq, hidden]
     sampling: dict = (
         {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
         if settings.temperature > 0
@@ -287,19 +354,20 @@ def _run(
     # gives the same text and counts: it spares a decode call between forward passes
     # (~0.1 ms a token on a CPU), where it is slow because the tokenizer's code went cold.
     each_step = on_delta is not None or _has_multi_token_stop(tokenizer, stop_strings)
-    decode = _DecodeEachStep(decoders, on_delta, cancelled, inputs_embeds.device)
+    decode = _DecodeEachStep(decoders, on_delta, cancelled, inputs_embeds.device, cancelled_rows)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
-    new_ids = model.llm.generate(
-        inputs_embeds=inputs_embeds,
-        attention_mask=prepared.attention_mask,
-        max_new_tokens=settings.max_new_tokens,
-        eos_token_id=sorted(stop_ids),
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-        stopping_criteria=StoppingCriteriaList([decode] if each_step else []),
-        **sampling,
-    )  # [batch, new]: generate returns only the new tokens when given inputs_embeds
+    with model.modality_context(prepared.input_ids):  # the prompt's image positions
+        new_ids = model.llm.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=prepared.attention_mask,
+            max_new_tokens=settings.max_new_tokens,
+            eos_token_id=sorted(stop_ids),
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
+            stopping_criteria=StoppingCriteriaList([decode] if each_step else []),
+            **sampling,
+        )  # [batch, new]: generate returns only the new tokens when given inputs_embeds
     if not each_step:
         decode.replay(new_ids)
     decode.finish()
@@ -346,7 +414,8 @@ class GenerationStream:
 
     Generation runs in a worker thread from the moment the stream is created. After the
     iteration ends, :attr:`completions` holds the finished answers. :meth:`close` (or leaving
-    a ``with`` block) stops generation early, e.g. when a client disconnects.
+    a ``with`` block) stops generation early, e.g. when a client disconnects; :meth:`cancel`
+    stops one request of the batch and lets the others go on.
     """
 
     _END = object()
@@ -357,6 +426,7 @@ class GenerationStream:
         self.completions: list[Completion] | None = None
         self._queue: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
+        self._cancelled_rows: set[int] = set()
         self._error: BaseException | None = None
         self._thread = threading.Thread(
             target=self._work, args=(loaded, prepared, settings), daemon=True, name="mllm-generate"
@@ -365,7 +435,9 @@ class GenerationStream:
 
     def _work(self, loaded: LoadedModel, prepared: _Prepared, settings: SamplingSettings) -> None:
         try:
-            self.completions = _run(loaded, prepared, settings, self._queue.put, self._cancelled)
+            self.completions = _run(
+                loaded, prepared, settings, self._queue.put, self._cancelled, self._cancelled_rows
+            )
         except BaseException as exc:  # handed to the consuming thread
             self._error = exc
         finally:
@@ -377,6 +449,12 @@ class GenerationStream:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+    def cancel(self, index: int) -> None:
+        """Stop answering request ``index`` alone: it ends at the next token, yields no more
+        deltas, and its completion counts the tokens made until then. Generation stops once
+        every request is cancelled or finished; the others' answers are unchanged."""
+        self._cancelled_rows.add(index)
 
     def close(self) -> None:
         """Stop generating (the current token finishes) and wait for the worker."""

@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "chat with a checkpoint about an image in the terminal (or --prompt once)",
     ),
     "serve": ("mllm.commands.serve", "serve a checkpoint over an OpenAI-compatible HTTP API"),
+    "web": ("mllm.commands.web", "chat with a checkpoint about images in the browser (Gradio)"),
     "export": ("mllm.commands.export", "export a checkpoint to another layout (hf-llava)"),
     "bench": ("mllm.commands.bench", "training and generation speed against transformers' Llava"),
     "cache-features": (

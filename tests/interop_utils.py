@@ -1,5 +1,6 @@
-"""Original LLaVA-1.5 checkpoint folders built from tiny models, and transformers' port of
-LLaVA on the same tensors as the reference they must compute like (interop, chat, eval tests)."""
+"""Original LLaVA-1.5 checkpoint folders built from tiny models, transformers' port of LLaVA on
+the same tensors as the reference they must compute like (interop, chat, eval tests), and mllm
+checkpoints of tiny models to export."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from transformers import (
 )
 from transformers.image_processing_utils import BaseImageProcessor
 
+from mllm import checkpoint as ckpt
+from mllm.config import dump_recipe, validate_recipe
+from mllm.data.recipe_templates import special_tokens_for
+from mllm.models.assembly import build_model
 from mllm.tiny import UNK_ID
 
 TOWER_ID = "openai/clip-vit-large-patch14-336"  # what LLaVA-1.5 configs name; never downloaded
@@ -155,3 +160,41 @@ def llava_reference_answer(
         )
     text = tokenizer.decode(generated[0, len(ids) :], skip_special_tokens=False)
     return text.split("</s>")[0].strip()
+
+
+def mllm_checkpoint(tiny, folder: Path, vision: dict | None = None, **data) -> Path:
+    """An mllm stage output with a random projector (nothing needs training for interop)."""
+    vision = vision or {"name": "clip", "path": str(tiny["clip"])}
+    raw = {
+        "name": "tiny",
+        "output_dir": str(folder.parent),
+        "model": {
+            "vision": vision,
+            "projector": {"name": "mlp", "depth": 2},
+            "llm": {"path": str(tiny["llama"]), "family": "llama"},
+        },
+        "stages": {
+            "instruct": {
+                "data": {"path": "unused.json", **data},
+                "optim": {"lr": 1e-4},
+                "global_batch_size": 1,
+                "micro_batch_size": 1,
+            }
+        },
+    }
+    recipe = validate_recipe(raw, "test", check_files=False)
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    state = ckpt.gather_state_dict(built.model, ["projector"], keep=True)
+    staging = ckpt.prepare_staging(folder)
+    ckpt.write_weights_and_manifest(
+        staging,
+        state,
+        stage="instruct",
+        step=1,
+        components=["projector"],
+        metrics={},
+        recipe_yaml=dump_recipe(recipe),
+        tokenizer=built.tokenizer,
+    )
+    ckpt.commit_staging(folder)
+    return folder

@@ -15,6 +15,7 @@ from interop_utils import (
     llava_image_processor,
     llava_state,
     llava_tokenizer_image_token,
+    mllm_checkpoint,
     reference_llava,
     write_llava,
 )
@@ -25,15 +26,12 @@ from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGenera
 from mllm import checkpoint as ckpt
 from mllm.checkpoint import load_mllm_checkpoint
 from mllm.cli import main as cli
-from mllm.config import dump_recipe, validate_recipe
 from mllm.data.images import prepare_image
-from mllm.data.recipe_templates import special_tokens_for
 from mllm.data.templates import get_template
 from mllm.inference.generate import GenerationRequest, generate
 from mllm.interop import ForeignFormatError, detect_format, load_llava_folder
-from mllm.interop.export import UnsupportedExportError, check_exportable, export_hf_llava
+from mllm.interop.export import export_hf_llava
 from mllm.interop.llava import llava_prompt_ids
-from mllm.models.assembly import build_model
 from mllm.models.llm import qlora_unavailable_reason
 from mllm.tiny import UNK_ID, make_tiny_models
 
@@ -235,51 +233,13 @@ def test_format_is_read_from_contents_not_names(tiny, tmp_path):
         detect_format(named)
 
 
-def _mllm_checkpoint(tiny, folder: Path, vision: dict | None = None, **data) -> Path:
-    """An mllm stage output with a random projector (nothing needs training for interop)."""
-    vision = vision or {"name": "clip", "path": str(tiny["clip"])}
-    raw = {
-        "name": "tiny",
-        "output_dir": str(folder.parent),
-        "model": {
-            "vision": vision,
-            "projector": {"name": "mlp", "depth": 2},
-            "llm": {"path": str(tiny["llama"]), "family": "llama"},
-        },
-        "stages": {
-            "instruct": {
-                "data": {"path": "unused.json", **data},
-                "optim": {"lr": 1e-4},
-                "global_batch_size": 1,
-                "micro_batch_size": 1,
-            }
-        },
-    }
-    recipe = validate_recipe(raw, "test", check_files=False)
-    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
-    state = ckpt.gather_state_dict(built.model, ["projector"], keep=True)
-    staging = ckpt.prepare_staging(folder)
-    ckpt.write_weights_and_manifest(
-        staging,
-        state,
-        stage="instruct",
-        step=1,
-        components=["projector"],
-        metrics={},
-        recipe_yaml=dump_recipe(recipe),
-        tokenizer=built.tokenizer,
-    )
-    ckpt.commit_staging(folder)
-    return folder
-
-
 def _answer(processor, ids: torch.Tensor) -> str:
     text = processor.tokenizer.decode(ids, skip_special_tokens=False)
     return text.split("</s>")[0].strip()
 
 
 def test_export_to_hf_llava_and_back(tiny, image, tmp_path):
-    source = _mllm_checkpoint(tiny, tmp_path / "final")
+    source = mllm_checkpoint(tiny, tmp_path / "final")
     assert detect_format(source) == "mllm"
     out = tmp_path / "hf"
     assert cli(["export", str(source), "--format", "hf-llava", "--out", str(out)]) == 0
@@ -339,7 +299,7 @@ def test_export_to_hf_llava_and_back(tiny, image, tmp_path):
 
 def test_export_siglip_with_two_feature_layers_and_stretched_images(tiny, image, tmp_path):
     vision = {"name": "siglip", "path": str(tiny["siglip"]), "feature_layer": [-2, -1]}
-    source = _mllm_checkpoint(tiny, tmp_path / "final", vision, image_aspect_ratio="resize")
+    source = mllm_checkpoint(tiny, tmp_path / "final", vision, image_aspect_ratio="resize")
     out = tmp_path / "hf"
     assert cli(["export", str(source), "--format", "hf-llava", "--out", str(out)]) == 0
     ours = load_mllm_checkpoint(source)
@@ -364,44 +324,12 @@ def test_export_siglip_with_two_feature_layers_and_stretched_images(tiny, image,
     torch.testing.assert_close(again, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("vision", "projector", "message"),
-    [
-        ({"name": "dinov2"}, {"name": "mlp", "depth": 2}, "model.vision.name 'dinov2'"),
-        ({"name": "clip"}, {"name": "linear"}, "model.projector 'linear'"),
-        ({"name": "clip"}, {"name": "mlp", "depth": 3}, r"'mlp' \(depth 3\)"),
-        ({"name": "clip"}, {"name": "qformer", "num_queries": 8}, "model.projector 'qformer'"),
-    ],
-)
-def test_export_names_what_llava_cannot_hold(vision, projector, message):
-    raw = {
-        "name": "x",
-        "output_dir": "out",
-        "model": {
-            "vision": {**vision, "path": "tower"},
-            "projector": projector,
-            "llm": {"path": "llm", "family": "llama"},
-        },
-        "stages": {
-            "s": {
-                "data": {"path": "d.json"},
-                "optim": {"lr": 1e-4},
-                "global_batch_size": 1,
-                "micro_batch_size": 1,
-            }
-        },
-    }
-    recipe = validate_recipe(raw, "test", check_files=False)
-    with pytest.raises(UnsupportedExportError, match=message):
-        check_exportable(recipe)
-
-
 def test_mllm_load_tells_the_layout_from_the_folder(tiny, image, tmp_path):
     """``mllm.load`` reads an mllm checkpoint and the transformers Llava folder exported from it,
     each through its own loader (the manifest says which), into models that answer alike."""
     import mllm
 
-    source = _mllm_checkpoint(tiny, tmp_path / "final")
+    source = mllm_checkpoint(tiny, tmp_path / "final")
     out = export_hf_llava(source, tmp_path / "hf")
     ours, theirs = mllm.load(source), mllm.load(out)
     assert ours.manifest["format"] == ckpt.FORMAT

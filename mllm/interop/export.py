@@ -3,16 +3,22 @@
 The folder loads with plain transformers, no mllm installed::
 
     model = LlavaForConditionalGeneration.from_pretrained(DIR)
-    processor = AutoProcessor.from_pretrained(DIR)     # LlavaProcessor: expands <image>
+    processor = AutoProcessor.from_pretrained(DIR, backend="pil")  # LlavaProcessor
 
 and computes what mllm computes: the same tower layer(s) and CLS handling, the same MLP, the
 same LLM and vocabulary (with the image token), and an image processor that pads to a square
-with the mean colour when the model was trained with ``image_aspect_ratio: pad``. Prompts use
-the model's own template (noted in ``mllm_export.json``); build them with mllm's template or
-write them out, e.g. vicuna_v1: ``"<system> USER: <image>\\nQUESTION ASSISTANT:"``.
+with the mean colour when the model was trained with ``image_aspect_ratio: pad``. The
+processor and tokenizer carry the model's template as a Jinja ``chat_template``
+(``mllm.interop.chat_template``), so ``processor.apply_chat_template(messages,
+add_generation_prompt=True)`` renders the prompt mllm renders, and the processor tokenizes it
+to mllm's ids; ``mllm_export.json`` notes the template's name and the prompt tokenization the
+weights were trained with.
 
 Exportable: a ``clip`` or ``siglip`` tower and the ``mlp`` projector of depth 2 (LLaVA-1.5's;
-Llava has no other projector). SRC is an mllm checkpoint (adapters are merged first) or any
+Llava has no other projector); every other tower and projector is refused with its reason
+(``REFUSED_TOWERS``, ``REFUSED_PROJECTORS``). The PIL image backend gives mllm's pixels
+exactly; transformers' torchvision backend (its default where torchvision is installed) rounds
+differently (``docs/interop.md``). SRC is an mllm checkpoint (adapters are merged first) or any
 folder ``mllm.load`` reads (an original LLaVA checkpoint, for instance).
 
 CPU:  mllm export runs/demo/shapes-mlp/instruct/final --format hf-llava --out runs/demo/hf
@@ -32,6 +38,8 @@ from transformers.image_processing_utils import BaseImageProcessor
 from mllm.checkpoint import LoadedModel, load_mllm_checkpoint
 from mllm.config import RecipeConfig, validate_recipe
 from mllm.data.images import target_size
+from mllm.data.tokenizer_template import TokenizerTemplateError, resolve_template
+from mllm.interop.chat_template import ChatTemplateError, chat_template
 from mllm.interop.detect import detect_format
 from mllm.interop.hf_llava import EXPORT_NOTE, PROJECTOR_NAMES, TOWERS, strategy_for
 from mllm.models.assembly import DTYPES
@@ -62,24 +70,66 @@ class UnsupportedExportError(ValueError):
     replace the source; the message names it."""
 
 
+#: Why each tower mllm has but cannot export is refused (exportable: ``TOWERS``' values).
+REFUSED_TOWERS = {
+    "dinov2": "DINOv2; vLLM's Llava builds only CLIP, SigLIP and Pixtral towers, and mllm reads "
+    "llava-hf folders with CLIP or SigLIP",
+    "eva_clip": "BLIP-2's EVA ViT (Blip2VisionModel); vLLM's Llava builds only CLIP, SigLIP and "
+    "Pixtral towers, and mllm reads llava-hf folders with CLIP or SigLIP",
+}
+#: Why each projector but the depth-2 MLP is refused: Llava's ``multi_modal_projector`` is
+#: always linear_1 -> GELU -> linear_2, applied to each patch feature alone.
+REFUSED_PROJECTORS = {
+    "linear": "one linear layer; Llava's projector is always two with GELU between",
+    "mlp": "Llava's projector has exactly two linear layers with GELU between (depth 2)",
+    "qformer": "learned queries and cross-attention; Llava maps each patch on its own",
+    "abstractor": "learned queries and cross-attention; Llava maps each patch on its own",
+    "c_abstractor": "convolutions and pooling over the patch grid; Llava maps each patch on its "
+    "own",
+    "ldp": "pooling and a position convolution over the patch grid; Llava maps each patch on "
+    "its own",
+    "concat": "merges neighbouring patches into one token; Llava keeps one token per patch",
+}
+
+
 def check_exportable(recipe: RecipeConfig) -> None:
     """Raise if transformers' Llava cannot compute what this recipe's model computes.
 
+    Exportable: a ``clip`` or ``siglip`` tower (any ``feature_layer`` and ``select``), the
+    ``mlp`` projector of depth 2 and a plain LLM. Every other tower and projector of mllm's
+    catalog is refused with its reason (``REFUSED_TOWERS``, ``REFUSED_PROJECTORS``), and so is a
+    modality-adaptive LLM (mPLUG-Owl2's).
+
     Raises:
-        UnsupportedExportError: listing every unsupported part (tower, projector, depth).
+        UnsupportedExportError: listing every unsupported part (tower, projector, depth, LLM).
     """
     model = recipe.model
     problems = []
-    if model.vision.name not in TOWERS.values():
-        problems.append(
-            f"model.vision.name {model.vision.name!r}: Llava holds {sorted(TOWERS.values())} towers"
-        )
+    tower = model.vision.name
+    if tower not in TOWERS.values():
+        reason = REFUSED_TOWERS.get(tower, f"Llava exports hold {sorted(TOWERS.values())} towers")
+        problems.append(f"model.vision.name {tower!r}: {reason}")
     depth = getattr(model.projector, "depth", None)
     if model.projector.name != "mlp" or depth != 2:
         what = f"{model.projector.name!r}" + (f" (depth {depth})" if depth is not None else "")
+        reason = REFUSED_PROJECTORS.get(
+            model.projector.name, "Llava's projector is a 2-layer MLP with GELU ('mlp', depth 2)"
+        )
+        problems.append(f"model.projector {what}: {reason}")
+    if getattr(model.llm, "modality_adaptive", False):
         problems.append(
-            f"model.projector {what}: Llava's projector is a 2-layer MLP with GELU "
-            "(projector 'mlp', depth 2)"
+            "model.llm.modality_adaptive: image tokens have their own norms and K/V projections; "
+            "Llava's language model treats every token alike"
+        )
+    if model.mm_patch_merge_type != "flat":
+        problems.append(
+            f"model.mm_patch_merge_type {model.mm_patch_merge_type!r}: LLaVA-NeXT's learned "
+            "image_newline and tile merge have no place in a Llava model"
+        )
+    anyres = [name for name, stage in recipe.stages.items() if stage.data.image_grid_pinpoints]
+    if anyres:
+        problems.append(
+            f"stages {anyres}: anyres images (several tiles each) are not Llava's single image"
         )
     if problems:
         raise UnsupportedExportError("cannot export to hf-llava:\n  " + "\n  ".join(problems))
@@ -194,8 +244,8 @@ def export_hf_llava(
         ``out``.
 
     Raises:
-        UnsupportedExportError: a part Llava cannot hold (tower, projector), or LLaVA-only
-            options for an mllm checkpoint.
+        UnsupportedExportError: a part Llava cannot hold (tower, projector), a template the
+            chat template cannot express, or LLaVA-only options for an mllm checkpoint.
         ForeignFormatError, CheckpointError: ``source`` cannot be read.
     """
     from mllm.checkpoint import commit_staging, prepare_staging
@@ -211,15 +261,25 @@ def export_hf_llava(
     hf.load_state_dict(llava_state_dict(loaded.built.model), strict=True, assign=True)
     hf.generation_config = loaded.built.model.llm.generation_config
     vision = loaded.recipe.model.vision
+    image_token = loaded.built.image_token
+    try:
+        template = chat_template(
+            resolve_template(loaded.template, loaded.built.tokenizer), image_token
+        )
+    except (ChatTemplateError, TokenizerTemplateError) as exc:
+        raise UnsupportedExportError(f"cannot export to hf-llava: {exc}") from None
+    tokenizer = loaded.built.tokenizer
+    tokenizer.chat_template = template  # servers that read the tokenizer's template (SGLang)
     processor = LlavaProcessor(
         image_processor=llava_image_processor(
             loaded.built.image_processor, loaded.image_aspect_ratio
         ),
-        tokenizer=loaded.built.tokenizer,
+        tokenizer=tokenizer,
         patch_size=loaded.built.model.vision.encoder.config.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        image_token=loaded.built.image_token,
+        image_token=image_token,
         num_additional_image_tokens=int(VISION_TOWERS.get(vision.name).target.has_cls_token),
+        chat_template=template,
     )
     staging = prepare_staging(out)
     hf.save_pretrained(str(staging))
@@ -230,6 +290,9 @@ def export_hf_llava(
         "family": loaded.recipe.model.llm.family,
         "image_aspect_ratio": loaded.image_aspect_ratio,
         "num_image_tokens": loaded.built.model.num_image_tokens,
+        # How the weights saw prompts in training: "mllm" (the whole text at once, as the
+        # exported processor does) or "llava" (piece by piece around each image).
+        "prompt_tokenization": loaded.manifest.get("prompt_tokenization", "mllm"),
     }
     (staging / EXPORT_NOTE).write_text(json.dumps(note, indent=2) + "\n")
     commit_staging(out)

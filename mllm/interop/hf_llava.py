@@ -180,8 +180,20 @@ def load_hf_llava(
         dtype=dtype,
         device=device,
         quantized=quantize is not None,
-        manifest=imported_manifest(folder, "llava-hf", prompt_tokenization="mllm"),
+        manifest=imported_manifest(folder, "llava-hf", prompt_tokenization=_tokenization(note)),
     )
+
+
+def _tokenization(note: dict) -> str:
+    """How the folder's weights saw prompts in training: ``llava`` (piece by piece around each
+    image) for an export of an original LLaVA checkpoint, as its note says; else ``mllm`` (the
+    whole text at once, as transformers' processor and mllm's training tokenize)."""
+    kind = note.get("prompt_tokenization", "mllm")
+    if kind not in ("mllm", "llava"):
+        raise ForeignFormatError(
+            f"{EXPORT_NOTE}: prompt_tokenization {kind!r} is not mllm or llava"
+        )
+    return kind
 
 
 def _causal_lm(hf: LlavaForConditionalGeneration, folder: Path) -> torch.nn.Module:

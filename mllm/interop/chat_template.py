@@ -1,0 +1,192 @@
+"""mllm's conversation templates as Jinja chat templates, for transformers' ``apply_chat_template``
+and the servers that read a model folder's chat template (vLLM, SGLang).
+
+``mllm export`` writes one into the processor (and tokenizer) of every llava-hf folder, so that
+``processor.apply_chat_template(messages, add_generation_prompt=True)`` renders exactly the text
+``Template.generation_prompt`` renders for the same conversation. The Jinja is generated from
+the template's literal pieces, not written by hand per template, so a template added to
+``mllm.data.templates`` is exported (and tested, ``tests/test_interop.py``) without more code.
+
+Messages are transformers' / OpenAI's: ``{"role": "system" | "user" | "assistant", "content":
+str | [{"type": "image"}, {"type": "text", "text": ...}, ...]}``. Each image part becomes the
+image token followed by a newline, in place, as LLaVA-style data and ``mllm eval`` put an image
+before its question (``"<image>\\nWhat color is the shape?"``); text parts are written as they
+are. A leading system message replaces the template's default system prompt, as a leading
+``system`` turn does in mllm.
+
+No BOS is written, as in mllm's templates: the tokenizer adds it (``add_special_tokens=True``,
+what ``LlavaProcessor.__call__``, ``processor.apply_chat_template(tokenize=True)`` and vLLM's
+multimodal processing use), so the ids are the ones mllm's ``encode_rendered`` gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from mllm.data.templates import Template
+
+#: Template fields this module turns into Jinja. A template that sets any other field to a
+#: non-default value is refused: its rendering could not be reproduced without new code here.
+_HANDLED_FIELDS = frozenset(
+    {
+        "name",
+        "system_format",
+        "user_format",
+        "assistant_prefix",
+        "assistant_end",
+        "assistant_suffix",
+        "generation_prefix",
+        "default_system",
+        "system_always",
+        "system_in_first_user",
+        "strip_content",
+        "strip_system",
+        "conversation_end",
+        "caption_only",
+        "stop_strings",  # generation settings, not rendering
+        "special_tokens",
+    }
+)
+
+
+class ChatTemplateError(ValueError):
+    """A conversation template that cannot be written as a Jinja chat template (the message
+    names the template and the field)."""
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Jinja string literal (Jinja reads JSON's escapes)."""
+    return json.dumps(text)
+
+
+def _split_format(template: Template, field: str, key: str) -> tuple[str, str]:
+    """``format`` string -> the literal text before and after its one ``{key}``."""
+    fmt = getattr(template, field)
+    marker = "{" + key + "}"
+    before, found, after = fmt.partition(marker)
+    probe = "\x00probe\x00"
+    if not found or fmt.format(**{key: probe}) != before + probe + after:
+        raise ChatTemplateError(
+            f"template {template.name!r}: {field} {fmt!r} is not literal text around one "
+            f"{marker}; it cannot be written as a chat template"
+        )
+    return before, after
+
+
+def _check_fields(template: Template) -> None:
+    """Refuse a template that sets a field this module does not turn into Jinja."""
+    defaults = {f.name: f.default for f in dataclasses.fields(template)}
+    for name, default in defaults.items():
+        if name not in _HANDLED_FIELDS and getattr(template, name) != default:
+            raise ChatTemplateError(
+                f"template {template.name!r}: field {name!r} is not handled by "
+                "mllm.interop.chat_template; add it there before exporting this template"
+            )
+
+
+def chat_template(template: Template, image_token: str) -> str:
+    """The Jinja chat template that renders conversations as ``template`` does.
+
+    Args:
+        template: an mllm conversation template.
+        image_token: the model's image marker (``<image>``), written for each image part.
+
+    Returns:
+        Jinja source for transformers' ``chat_template`` (``messages``, ``add_generation_prompt``).
+
+    Raises:
+        ChatTemplateError: the template has a field or format this module cannot express.
+    """
+    _check_fields(template)
+    user_before, user_after = _split_format(template, "user_format", "content")
+    if template.system_format:
+        system_before, system_after = _split_format(template, "system_format", "system")
+    else:
+        system_before = system_after = ""
+    header = template.header
+    separator = template.assistant_prefix[len(header) :]
+    trim = " | trim" if template.strip_content else ""
+    trim_system = " | trim" if template.strip_system else ""
+    name = template.name
+
+    def fail(message: str) -> str:
+        return "{{ raise_exception(" + _literal(f"the {name!r} template: {message}") + ") }}"
+
+    lines = [
+        f"{{#- mllm conversation template {name!r}, generated by mllm.interop.chat_template -#}}",
+        f"{{%- set image_token = {_literal(image_token)} -%}}",
+        # Content as text: a string as is; a list part by part, each image as its token + "\n".
+        "{%- macro render(content) -%}",
+        "{%- if content is string -%}{{ content }}{%- else -%}",
+        "{%- for part in content -%}",
+        "{%- if part['type'] in ['image', 'image_url'] -%}{{ image_token ~ '\\n' }}",
+        "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}",
+        "{%- endfor -%}{%- endif -%}",
+        "{%- endmacro -%}",
+        "{%- if messages and messages[0]['role'] == 'system' -%}",
+        f"{{%- set system = render(messages[0]['content']){trim_system} -%}}",
+        "{%- set turns = messages[1:] -%}",
+        "{%- else -%}",
+        f"{{%- set system = {_literal(template.default_system)}{trim_system} -%}}",
+        "{%- set turns = messages -%}",
+        "{%- endif -%}",
+    ]
+    if template.system_format:
+        condition = "true" if template.system_always else "system"
+        lines.append(
+            f"{{%- set system_text = {_literal(system_before)} ~ system ~ {_literal(system_after)}"
+            f" if {condition} else '' -%}}"
+        )
+    else:
+        lines += [
+            "{%- set system_text = '' -%}",
+            "{%- if messages and messages[0]['role'] == 'system' -%}"
+            + fail("it has no system prompt")
+            + "{%- endif -%}",
+        ]
+    if not template.system_in_first_user:
+        lines.append("{{ system_text }}")
+    if template.caption_only:
+        lines.append(
+            "{%- if turns | length == 0 or turns | length > 2 -%}"
+            + fail("one user turn (an image) and at most its caption")
+            + "{%- endif -%}"
+        )
+    lines += [
+        "{%- for message in turns -%}",
+        "{%- if message['role'] not in ['user', 'assistant'] or "
+        "(message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+        + fail("roles must alternate user/assistant from user, after an optional system")
+        + "{%- endif -%}",
+        "{%- set text = render(message['content']) -%}",
+        "{%- if message['role'] == 'user' -%}",
+    ]
+    if template.caption_only:
+        # LLaVA pretraining keeps only the image markers of the human turn.
+        lines += [
+            "{%- set count = (text.split(image_token) | length) - 1 -%}",
+            "{%- if count == 0 -%}" + fail("the user turn needs an image") + "{%- endif -%}",
+            "{%- set text = image_token * count -%}",
+        ]
+    elif template.strip_content:
+        lines.append("{%- set text = text | trim -%}")
+    if template.system_in_first_user:
+        lines.append("{%- if loop.first -%}{%- set text = system_text ~ text -%}{%- endif -%}")
+    lines += [
+        f"{{{{ {_literal(user_before)} ~ text ~ {_literal(user_after)} }}}}",
+        "{%- else -%}",
+        f"{{{{ {_literal(header + separator)} ~ text{trim} ~ "
+        f"{_literal(template.assistant_end + template.assistant_suffix)} }}}}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        f"{{%- if add_generation_prompt -%}}{{{{ {_literal(header)} }}}}",
+    ]
+    if template.conversation_end:
+        # A finished conversation (training text) ends with it; a prompt never does.
+        lines.append(
+            "{%- elif turns and turns[-1]['role'] == 'assistant' -%}"
+            f"{{{{ {_literal(template.conversation_end)} }}}}"
+        )
+    lines.append("{%- endif -%}")
+    return "\n".join(lines)

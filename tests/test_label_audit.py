@@ -275,7 +275,7 @@ def test_training_stops_before_reading_data_on_a_broken_pair(
 ) -> None:
     import mllm.data.stage_data as builder
 
-    monkeypatch.setattr(builder, "get_template", lambda name: BROKEN[name])
+    monkeypatch.setattr(builder, "resolve_template", lambda name, tokenizer: BROKEN[name])
     built = SimpleNamespace(
         tokenizer=tokenizer,
         image_processor=None,

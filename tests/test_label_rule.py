@@ -39,7 +39,10 @@ HARD_REPLIES = (
     "\nA new line",
     "A red circle.",
 )
-CHAT_TEMPLATES = ("vicuna_v1", "llama3", "chatml", "minigpt4")
+CHAT_TEMPLATES = (
+    *("vicuna_v1", "llama3", "chatml", "minigpt4"),
+    *("mistral", "llama3.1", "qwen2.5", "gemma2", "gemma3", "phi3"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,7 @@ def expected_labels(conversation, template: Template, tokenizer) -> list[int]:
     for end in range(offset + 2, len(conversation) + 1, 2):
         prompt = tokenizer(template.generation_prompt(conversation[: end - 1])).input_ids
         through_reply = "".join(segment.text for segment in template.render(conversation[:end]))
+        through_reply = through_reply.removesuffix(template.conversation_end)
         through_reply = through_reply.removesuffix(template.assistant_suffix)
         reply_end = len(tokenizer(through_reply).input_ids)
         # Prompts are token prefixes of the training text, so these positions line up.
@@ -102,7 +106,7 @@ def test_targets_are_the_tokens_generated_after_the_prompt(
 ) -> None:
     template = get_template(name)
     if template.strip_content and reply != reply.strip():
-        pytest.skip("Llama-3's template trims messages: the same as the stripped reply")
+        pytest.skip("the template trims messages (Llama-3, Gemma): the same as the stripped reply")
     for system in (False, True) if template.system_format else (False,):
         for image in (True, False):
             conversation = conversation_with(reply, system=system, image=image)

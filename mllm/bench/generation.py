@@ -23,7 +23,7 @@ from transformers import LlavaForConditionalGeneration
 from mllm.bench.measure import clock, median
 from mllm.checkpoint import LoadedModel
 from mllm.data.images import prepare_image
-from mllm.data.templates import get_template
+from mllm.data.tokenizer_template import resolve_template
 from mllm.inference.generate import GenerationRequest, SamplingSettings, complete
 
 PROMPT = "<image>\nDescribe the image in detail."
@@ -59,7 +59,7 @@ class _Direct:
         self.loaded = loaded
         self.llava = llava
         tokenizer = loaded.built.tokenizer
-        template = get_template(loaded.template)
+        template = resolve_template(loaded.template, tokenizer)
         vocab = tokenizer.get_vocab()
         stops = {tokenizer.eos_token_id, *(vocab[s] for s in template.stop_strings if s in vocab)}
         self.stop_ids = sorted(i for i in stops if i is not None)
@@ -68,9 +68,9 @@ class _Direct:
     @torch.no_grad()
     def __call__(self, request: GenerationRequest, max_new_tokens: int) -> tuple[str, int]:
         built, model = self.loaded.built, self.loaded.built.model
-        text = get_template(self.loaded.template).generation_prompt(
-            request.conversation, image_token=built.image_token
-        )
+        text = resolve_template(
+            self.loaded.template, self.loaded.built.tokenizer
+        ).generation_prompt(request.conversation, image_token=built.image_token)
         ids: list[int] = []
         for token in built.tokenizer(text)["input_ids"]:
             ids.extend([token] * (model.num_image_tokens if token == model.image_token_id else 1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mllm.config.schema import RecipeConfig, StageConfig
 from mllm.data.templates import TEMPLATES
+from mllm.data.tokenizer_template import TOKENIZER_TEMPLATE
 from mllm.models.families import get_family
 
 
@@ -17,10 +18,16 @@ def stage_template(recipe: RecipeConfig, stage: StageConfig) -> str:
 
 
 def special_tokens_for(recipe: RecipeConfig) -> list[str]:
-    """Template tokens every stage needs, so all stages share one vocabulary."""
+    """Template tokens every stage needs, so all stages share one vocabulary.
+
+    A stage with ``template: tokenizer`` needs none: its tokens are the tokenizer's own.
+    """
     tokens: list[str] = []
     for stage in recipe.stages.values():
-        for token in TEMPLATES.get(stage_template(recipe, stage)).target.special_tokens:
+        name = stage_template(recipe, stage)
+        if name == TOKENIZER_TEMPLATE:
+            continue
+        for token in TEMPLATES.get(name).target.special_tokens:
             if token not in tokens:
                 tokens.append(token)
     return tokens

@@ -11,9 +11,11 @@ scaffolding after the end-of-turn (ChatML's newline). Counting the separator in 
 a tokenizer's lone ``'▁'`` before ``"2"`` or a byte-fallback word a target: generation stops
 at ``"ASSISTANT:"``, so that ``'▁'`` is the first token the model has to produce.
 
-BOS: no template writes a BOS token. Tokenizers of every supported family add their own when
-called with ``add_special_tokens=True`` (Llama/Vicuna ``<s>``, Llama-3 ``<|begin_of_text|>``;
-Qwen has none), so writing it here would double it. ``tokenize.py`` rejects a doubled BOS.
+BOS: no template writes a BOS token, even where the family's own chat template starts with
+one (Llama-3, Gemma, Mistral): their tokenizers add it when called with
+``add_special_tokens=True`` (Llama/Vicuna/Mistral ``<s>``, Llama-3 ``<|begin_of_text|>``,
+Gemma ``<bos>``; Qwen and Phi-3 add none and their templates write none), so writing it here
+would double it. ``tokenize.py`` rejects a doubled BOS.
 
 Conversations use LLaVA's format: a list of ``{"from": ..., "value": ...}`` turns with roles
 ``human``/``gpt`` (``user``/``assistant`` are accepted too) alternating from ``human``; a leading
@@ -166,7 +168,16 @@ class Template:
             Vicuna differs: training has ``"ASSISTANT: "`` + reply, but a prompt ending in a
             space would tokenize the space on its own, unlike in training.
         default_system: system prompt used when the conversation gives none.
-        strip_content: strip whitespace around every message (Llama-3's chat template trims).
+        system_always: write ``system_format`` even when the system prompt is empty
+            (Llama-3.1's block with its date lines is always there).
+        system_in_first_user: the formatted system prompt goes at the start of the first
+            user message instead of before it (Gemma-3 has no system turn).
+        strip_content: strip whitespace around user and assistant messages (Llama-3 and
+            Gemma trim them).
+        strip_system: strip whitespace around the system prompt (Llama-3 does, Gemma-3 not).
+        conversation_end: untrained text after the last reply of a training conversation
+            (Phi-3's template ends a finished conversation with its EOS token); never part
+            of a generation prompt.
         caption_only: LLaVA pretraining (``plain``): exactly one exchange; the human turn is
             reduced to its image markers and only the caption is trained.
         stop_strings: strings that end generation.
@@ -182,7 +193,11 @@ class Template:
     assistant_suffix: str = ""
     generation_prefix: str | None = None
     default_system: str = ""
+    system_always: bool = False
+    system_in_first_user: bool = False
     strip_content: bool = False
+    strip_system: bool = False
+    conversation_end: str = ""
     caption_only: bool = False
     stop_strings: tuple[str, ...] = ()
     special_tokens: tuple[str, ...] = ()
@@ -221,7 +236,8 @@ class Template:
                 turn for a template without a system prompt.
         """
         parsed = self._parse(conversation, image_token, for_generation=False)
-        return _merge(self._prefix_segments(parsed, image_token))
+        segments = self._prefix_segments(parsed, image_token)
+        return _merge([*segments, Segment(self.conversation_end, False)])
 
     def generation_prompt(
         self,
@@ -260,17 +276,22 @@ class Template:
         """Segments for all exchanges; an unanswered last exchange ends with the prompt."""
         segments: list[Segment] = []
         system = self.default_system if parsed.system is None else parsed.system
-        if self.strip_content:
+        if self.strip_system:
             system = system.strip()
-        if system and self.system_format:
-            segments.append(Segment(self.system_format.format(system=system), False))
-        for exchange in parsed.exchanges:
+        system_text = ""
+        if self.system_format and (system or self.system_always):
+            system_text = self.system_format.format(system=system)
+        if not self.system_in_first_user:
+            segments.append(Segment(system_text, False))
+        for index, exchange in enumerate(parsed.exchanges):
             user = exchange.user
             if self.caption_only:
                 # LLaVA pretraining drops the prompt text and keeps only the image.
                 user = image_token * user.count(image_token)
             elif self.strip_content:
                 user = user.strip()
+            if self.system_in_first_user and index == 0:
+                user = system_text + user
             segments.append(Segment(self.user_format.format(content=user), False))
             segments.append(Segment(self.header, False))
             if exchange.assistant is None:
@@ -334,37 +355,6 @@ VICUNA_V1 = _register(
     )
 )
 
-# Meta's Llama-3-Instruct chat template (messages trimmed; no default system prompt).
-LLAMA3 = _register(
-    Template(
-        name="llama3",
-        system_format="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
-        user_format="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-        assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n",
-        assistant_end="<|eot_id|>",
-        strip_content=True,
-        stop_strings=("<|eot_id|>",),
-        special_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-    )
-)
-
-# Qwen2's ChatML: "<|im_start|>role\ntext<|im_end|>\n"; the newline after <|im_end|> is
-# scaffolding for the next turn, so it is not trained.
-CHATML = _register(
-    Template(
-        name="chatml",
-        system_format="<|im_start|>system\n{system}<|im_end|>\n",
-        user_format="<|im_start|>user\n{content}<|im_end|>\n",
-        assistant_prefix="<|im_start|>assistant\n",
-        assistant_end="<|im_end|>",
-        assistant_suffix="\n",
-        default_system="You are a helpful assistant.",
-        stop_strings=("<|im_end|>",),
-        special_tokens=("<|im_start|>", "<|im_end|>"),
-    )
-)
-
-
 # MiniGPT-4's conversation (CONV_VISION): "SYSTEM###Human: <image> q###Assistant: a###".
 MINIGPT4 = _register(
     Template(
@@ -383,6 +373,22 @@ MINIGPT4 = _register(
 )
 
 
+# mPLUG-Owl2's conversation (conv_mplug_owl2, SeparatorStyle.TWO_NO_SYS, sep " ", sep2 "</s>"):
+# vicuna_v1's turns without a system prompt: "USER: q ASSISTANT: a</s>USER: q2 ASSISTANT:".
+MPLUG_OWL2 = _register(
+    Template(
+        name="mplug_owl2",
+        system_format="",
+        user_format="USER: {content} ",
+        assistant_prefix="ASSISTANT: ",
+        assistant_end="</s>",
+        generation_prefix="ASSISTANT:",
+        stop_strings=("</s>",),
+        special_tokens=("</s>",),
+    )
+)
+
+
 def get_template(name: str) -> Template:
     """The template registered as ``name``.
 
@@ -390,3 +396,10 @@ def get_template(name: str) -> Template:
         UnknownComponentError: for an unknown name; the message lists the choices.
     """
     return TEMPLATES.get(name).target
+
+
+# Modules that register more templates; they import this one, so they come last.
+from mllm.data import (  # noqa: E402
+    family_templates,  # noqa: F401  (today's LLM families' chat formats)
+    minigpt_v2,  # noqa: F401  (MiniGPT-v2's task-identifier template)
+)

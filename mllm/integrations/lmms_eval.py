@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mllm.data.images import prepare_image
-from mllm.data.templates import get_template
+from mllm.data.tokenizer_template import resolve_template
 from mllm.inference import GenerationRequest, LoadedModel, SamplingSettings, complete, load
 from mllm.inference.generate import encode_rendered
 
@@ -114,7 +114,7 @@ class MllmModel(lmms):
 
     def _prompt(self, context: str, num_images: int) -> str:
         conversation = [{"from": "human", "value": self._human_turn(context, num_images)}]
-        template = get_template(self.loaded.template)
+        template = resolve_template(self.loaded.template, self.loaded.built.tokenizer)
         return template.generation_prompt(conversation, image_token=self.loaded.built.image_token)
 
     # ------------------------------------------------------------------ generation
@@ -187,7 +187,7 @@ class MllmModel(lmms):
             images = self._visuals(doc_to_visual, doc_id, task, split)
             if callable(target):
                 target = target(self.task_dict[task][split][doc_id])
-        template = get_template(self.loaded.template)
+        template = resolve_template(self.loaded.template, self.loaded.built.tokenizer)
         prompt = self._prompt(context, len(images))
         separator = template.assistant_prefix[len(template.header) :]
         prompt_ids = encode_rendered(self.loaded, prompt)

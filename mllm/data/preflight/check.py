@@ -116,8 +116,9 @@ def check_recipe(
         DataCheckUsageError: the recipe, a stage name or the model's configs.
     """
     from mllm.config import RecipeError, load_recipe
-    from mllm.data.preflight.model_info import image_tokens_per_image
+    from mllm.data.preflight.model_info import image_tokens_per_image, tile_and_tokens
     from mllm.data.recipe_templates import special_tokens_for, stage_template
+    from mllm.data.tokenizer_template import resolve_template
     from mllm.models.llm import load_tokenizer
 
     try:
@@ -134,6 +135,7 @@ def check_recipe(
     try:
         tokenizer = load_tokenizer(model.llm, model.image_token, special_tokens_for(recipe))
         image_tokens = image_tokens_per_image(model)
+        tile, tile_tokens = tile_and_tokens(model)
     except (OSError, ValueError) as err:
         raise DataCheckUsageError(
             f"{recipe_path}: cannot read the model's configs: {err}"
@@ -148,8 +150,13 @@ def check_recipe(
                 image_folder=options.image_folder or data.image_folder,
                 policy=data.on_bad_record,
                 image_token=model.image_token,
-                template=get_template(stage_template(recipe, recipe.stages[name])),
-                tokens=TokenSettings(tokenizer, image_tokens, data.max_length),
+                template=resolve_template(stage_template(recipe, recipe.stages[name]), tokenizer),
+                tokens=TokenSettings(
+                    tokenizer,
+                    image_tokens,
+                    data.max_length,
+                    _anyres(recipe_path, name, data, model, tile, tile_tokens),
+                ),
                 check_images=options.check_images,
                 decode_images=options.decode_images,
                 workers=options.workers,
@@ -158,6 +165,27 @@ def check_recipe(
             )
         )
     return reports
+
+
+def _anyres(recipe_path: str, stage: str, data, model, tile: int, tile_tokens: int):
+    """The stage's anyres tiling (``mllm.data.anyres.AnyresSpec``), or None for the other
+    image modes.
+
+    Raises:
+        DataCheckUsageError: grid resolutions the tower cannot tile.
+    """
+    from mllm.data.anyres import ANYRES, AnyresSpec, check_pinpoints
+    from mllm.models.anyres import tile_side
+
+    if data.image_aspect_ratio != ANYRES:
+        return None
+    try:
+        check_pinpoints(data.image_grid_pinpoints, tile)
+        tile_side(tile_tokens)
+    except ValueError as err:
+        raise DataCheckUsageError(f"{recipe_path}: stage {stage}: {err}") from None
+    pinpoints = tuple((int(h), int(w)) for h, w in data.image_grid_pinpoints)
+    return AnyresSpec(pinpoints, tile, model.mm_patch_merge_type, tile_tokens)
 
 
 def _template(name: str):

@@ -314,6 +314,8 @@ def inference_prompt_ids(tokenizer, conversation: list[dict], num_image_tokens: 
         built=SimpleNamespace(model=model, tokenizer=tokenizer, image_token=IMAGE),
         template="vicuna_v1",
         manifest={},
+        image_aspect_ratio="pad",
+        image_grid_pinpoints=None,
     )
     text = "".join(turn["value"] for turn in conversation)
     return _encode_prompt(loaded, GenerationRequest(conversation, images_for(text)))

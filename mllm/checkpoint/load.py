@@ -29,8 +29,9 @@ class LoadedModel:
         built: the model, its tokenizer and image processor.
         recipe: the resolved recipe it was trained with.
         template: the conversation template of the saved stage.
-        image_aspect_ratio: the image mode (pad / crop / resize) of the saved stage.
+        image_aspect_ratio: the image mode (pad / crop / resize / anyres) of the saved stage.
         manifest: the checkpoint's manifest.
+        image_grid_pinpoints: under anyres, the stage's grid resolutions ``(height, width)``.
     """
 
     built: BuiltModel
@@ -38,6 +39,7 @@ class LoadedModel:
     template: str
     image_aspect_ratio: str
     manifest: dict
+    image_grid_pinpoints: list[tuple[int, int]] | None = None
 
 
 def load_mllm_checkpoint(
@@ -78,5 +80,10 @@ def load_mllm_checkpoint(
     built.model.eval()
     stage = recipe.stages[manifest["stage"]]
     return LoadedModel(
-        built, recipe, stage_template(recipe, stage), stage.data.image_aspect_ratio, manifest
+        built,
+        recipe,
+        stage_template(recipe, stage),
+        stage.data.image_aspect_ratio,
+        manifest,
+        stage.data.image_grid_pinpoints,
     )

@@ -55,6 +55,10 @@ def concat_images(images: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.cat(images)
 
 
+#: Per-image tensors of anyres samples, batched in the images' order like their tiles.
+ANYRES_KEYS = ("image_sizes", "image_grids")
+
+
 def image_inputs(samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
     """The images of ``samples``, concatenated in the given order.
 
@@ -62,12 +66,18 @@ def image_inputs(samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
         ``pixel_values`` [num_images, 3, H, W] or None; when the samples carry cached features
         (``mllm.data.feature_cache``), also ``image_features`` [num_images, P, D], which is
         [0, P, D] for text-only samples alone (so the model knows not to run the tower).
+        Anyres samples (``mllm.data.anyres``) bring their tiles as ``pixel_values``
+        [num_tiles, 3, H, W] and add ``image_sizes`` and ``image_grids`` [num_images, 2].
     """
     pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
     batch = {"pixel_values": concat_images(pixels)}
     features = [s["image_features"] for s in samples if s.get("image_features") is not None]
     if features:
         batch["image_features"] = concat_images(features)
+    for key in ANYRES_KEYS:
+        layouts = [s[key] for s in samples if s.get(key) is not None]
+        if layouts:
+            batch[key] = torch.cat(layouts)  # [num_images, 2]
     return batch
 
 

@@ -25,6 +25,10 @@ busy CPU cores (~8 min for LLaVA-665k), and its tokenizer calls are batched, so 
 uses every core. It also gives exact ``lengths`` for length-grouped sampling. ``__getitem__``
 tokenizes again (same deterministic result) and loads the images (or reads their features from
 a ``feature_cache``), so memory stays at the size of the records.
+
+Under ``image_aspect_ratio: anyres`` (``mllm.data.anyres``) an image's placeholder count
+depends on its size: the construction pass reads every image file's header once (no
+decoding) to count exactly, and an image it cannot read makes its record bad there.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import torch
 from torch.utils.data import Dataset
 
+from mllm.data.anyres import ANYRES, AnyresSpec, read_header_sizes
 from mllm.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_MODES,
@@ -55,7 +60,7 @@ from mllm.data.tokenize import (
     check_tokenizer,
     tokenize_rendered,
 )
-from mllm.data.validate import RecordProblem, check_record
+from mllm.data.validate import CheckedRecord, RecordProblem, check_record
 
 if TYPE_CHECKING:  # annotations only: keeps `import mllm.data` from loading transformers
     from transformers import PreTrainedTokenizerBase
@@ -117,6 +122,7 @@ class ConversationDataset(Dataset):
         origins: Sequence[RecordOrigin] | None = None,
         on_bad_record: BadRecordPolicy = "fail",
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+        anyres: AnyresSpec | None = None,
     ) -> None:
         """Validate and tokenize every record once, applying the bad-record policy.
 
@@ -128,7 +134,8 @@ class ConversationDataset(Dataset):
                 no record has an image.
             image_folder: image paths are relative to it and may not leave it (``None``:
                 used as given, unconfined).
-            image_mode: ``pad``, ``crop`` or ``resize`` (see ``prepare_image``).
+            image_mode: ``pad``, ``crop`` or ``resize`` (see ``prepare_image``), or
+                ``anyres`` (``mllm.data.anyres``; needs ``anyres``).
             image_token: the image marker in the data and the tokenizer.
             num_image_tokens: placeholders per image.
             max_length: longest sample, image placeholders included.
@@ -136,6 +143,9 @@ class ConversationDataset(Dataset):
             on_bad_record: ``fail`` raises for bad records (at construction) and unloadable
                 images (when loaded); ``skip`` drops them, counted and logged.
             max_image_pixels: images whose header claims more pixels are refused unread.
+            anyres: under ``anyres``, the grid resolutions and token arithmetic: each image's
+                placeholder count follows from its size, read from its header here (an
+                image that cannot be read is a bad record of its image kind).
 
         Raises:
             DataError: under ``fail``, listing the first bad records (file, record index, id,
@@ -143,10 +153,13 @@ class ConversationDataset(Dataset):
             TypeError, ValueError: for an unsuitable tokenizer, processor, image mode or
                 policy.
         """
-        if image_mode not in IMAGE_MODES:
+        if image_mode not in (*IMAGE_MODES, ANYRES):
             raise ValueError(
-                f"unknown image mode {image_mode!r}; choose one of: {', '.join(IMAGE_MODES)}"
+                f"unknown image mode {image_mode!r}; choose one of: "
+                f"{', '.join((*IMAGE_MODES, ANYRES))}"
             )
+        if (image_mode == ANYRES) != (anyres is not None):
+            raise ValueError("image mode anyres and its AnyresSpec go together")
         if on_bad_record not in ("fail", "skip"):
             raise ValueError(f"on_bad_record must be 'fail' or 'skip', got {on_bad_record!r}")
         if origins is not None and len(origins) != len(records):
@@ -162,6 +175,7 @@ class ConversationDataset(Dataset):
         self.max_length = max_length
         self.on_bad_record: BadRecordPolicy = on_bad_record
         self.max_image_pixels = max_image_pixels
+        self.anyres = anyres
         self._origins = origins
         self.feature_cache: FeatureCache | None = None
 
@@ -171,19 +185,40 @@ class ConversationDataset(Dataset):
         self.dropped: list[BadRecord] = []
         self.truncated = 0
         self._image_token_id = check_tokenizer(tokenizer, template, image_token=image_token)
+        sizes: dict[str, tuple[int, int] | ImageLoadError] = {}  # anyres: each file once
         for first in range(0, len(records), _CHUNK):
             valid: list[int] = []
             rendered: list[tuple[str, list[tuple[int, int]]]] = []
+            counts: list[list[int]] = []
+            well_formed: list[tuple[int, CheckedRecord]] = []
             for index in range(first, min(first + _CHUNK, len(records))):
                 checked = check_record(records[index], image_token=image_token, template=template)
                 if isinstance(checked, RecordProblem):
                     reason = f"field {checked.field!r}: {checked.reason}"
                     self.dropped.append(BadRecord(self._where(index), checked.kind, reason))
                     continue
+                well_formed.append((index, checked))
+            if anyres is not None:  # the chunk's headers in parallel threads (I/O-bound)
+                chunk_paths = [path for _, checked in well_formed for path in checked.images]
+                read_header_sizes(self.image_folder, chunk_paths, sizes, max_image_pixels)
+            for index, checked in well_formed:
                 assert checked.rendered is not None  # a template was given
+                if anyres is not None:
+                    try:
+                        counts.append(
+                            anyres.header_counts(
+                                self.image_folder, checked.images, sizes, max_image_pixels
+                            )
+                        )
+                    except ImageLoadError as err:
+                        reason = f"field 'image': {err}"
+                        kind = image_error_kind(err)
+                        self.dropped.append(BadRecord(self._where(index), kind, reason))
+                        continue
                 valid.append(index)
                 rendered.append(checked.rendered)
-            for index, sample in zip(valid, self._tokenize_rendered(rendered), strict=True):
+            tokenized = self._tokenize_rendered(rendered, counts if anyres else None)
+            for index, sample in zip(valid, tokenized, strict=True):
                 if isinstance(sample, DroppedSample):
                     self.dropped.append(BadRecord(self._where(index), sample.kind, sample.reason))
                     continue
@@ -343,13 +378,15 @@ class ConversationDataset(Dataset):
         )
         if isinstance(checked, RecordProblem) or checked.rendered is None:  # deterministic
             raise RuntimeError(f"{self._where(record_index)} kept at construction but now bad")
-        (sample,) = self._tokenize_rendered([checked.rendered])
-        if not isinstance(sample, TokenizedSample):  # tokenization is deterministic
-            raise RuntimeError(f"{self._where(record_index)} kept at construction but now dropped")
         images: dict[str, torch.Tensor | None] = {"pixel_values": None}
+        counts = None  # anyres: placeholders per image, from the sizes of the loaded images
         try:
             if self.feature_cache is not None:
                 images = {"image_features": self.feature_cache.features(checked.images)}
+            elif checked.images and self.anyres is not None:
+                images, counts = self.anyres.load(
+                    self.image_folder, checked.images, self.image_processor, self.max_image_pixels
+                )
             elif checked.images:
                 images["pixel_values"] = torch.stack([self._load(p) for p in checked.images])
         except ImageLoadError as err:
@@ -358,10 +395,15 @@ class ConversationDataset(Dataset):
             if self.on_bad_record == "fail":
                 raise DataError(f"{bad.where}, {bad.reason}") from None
             return bad
+        (sample,) = self._tokenize_rendered([checked.rendered], counts and [counts])
+        if not isinstance(sample, TokenizedSample):  # tokenization is deterministic
+            raise RuntimeError(f"{self._where(record_index)} kept at construction but now dropped")
         return {
             "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),  # [T]
             "labels": torch.tensor(sample.labels, dtype=torch.long),  # [T]
-            **images,  # pixel_values [num_images, 3, H, W] or None; or image_features
+            # pixel_values [num_images, 3, H, W] or None; or image_features; anyres:
+            # pixel_values [num_tiles, 3, H, W], image_sizes and image_grids [num_images, 2]
+            **images,
         }
 
     def kept_record(self, index: int) -> tuple[Record, str]:
@@ -370,7 +412,9 @@ class ConversationDataset(Dataset):
         return self.records[record_index], self._where(record_index)
 
     def _tokenize_rendered(
-        self, rendered: list[tuple[str, list[tuple[int, int]]]]
+        self,
+        rendered: list[tuple[str, list[tuple[int, int]]]],
+        counts: list[list[int]] | None = None,
     ) -> list[TokenizedSample | DroppedSample]:
         return tokenize_rendered(
             rendered,
@@ -378,6 +422,7 @@ class ConversationDataset(Dataset):
             image_token_id=self._image_token_id,
             num_image_tokens=self.num_image_tokens,
             max_length=self.max_length,
+            image_token_counts=counts,
         )
 
     def _load(self, path: str) -> torch.Tensor:

@@ -19,6 +19,7 @@ the prompt's tokens, not from the character-overlap rule that made those labels.
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
@@ -110,6 +111,7 @@ def audit_rendered(
     num_image_tokens: int,
     max_length: int,
     whole_prompts: bool = False,
+    image_token_counts: Sequence[Sequence[int]] | None = None,
 ) -> list[AuditedSample]:
     """Tokenize rendered records as training does and audit every reply's labels.
 
@@ -120,6 +122,8 @@ def audit_rendered(
         tokenizer: passed :func:`~mllm.data.tokenize.check_tokenizer` for the template.
         image_token, image_token_id, num_image_tokens, max_length: as for tokenizing.
         whole_prompts: tokenize every prompt whole instead of its tail (slower).
+        image_token_counts: per record, the placeholders of each image (anyres), in place
+            of ``num_image_tokens`` for all.
 
     Returns:
         Per record, the training sample (the same as ``tokenize_rendered`` returns) and the
@@ -135,6 +139,7 @@ def audit_rendered(
         num_image_tokens=num_image_tokens,
         max_length=max_length,
         encodings=encodings,
+        image_token_counts=image_token_counts,
     )
     all_ids, all_offsets = encodings["input_ids"], encodings["offset_mapping"]
     texts = [text for text, _ in rendered]
@@ -154,7 +159,8 @@ def audit_rendered(
         if isinstance(sample, DroppedSample):
             audited.append(AuditedSample(sample, 0, ()))
             continue
-        view = _View(tokenizer, all_ids[index], sample.labels, image_token_id, num_image_tokens)
+        blocks = num_image_tokens if image_token_counts is None else image_token_counts[index]
+        view = _View(tokenizer, all_ids[index], sample.labels, image_token_id, blocks)
         found = _judge_sample(boundaries[index], view, truncated=sample.full_length > max_length)
         audited.append(AuditedSample(sample, len(boundaries[index]), tuple(found)))
     return audited
@@ -260,18 +266,21 @@ class _View:
         ids: list[int],
         labels: list[int],
         image_id: int,
-        block: int,
+        block: int | Sequence[int],
     ) -> None:
-        self.tokenizer, self.ids, self.labels, self.block = tokenizer, ids, labels, block
+        self.tokenizer, self.ids, self.labels = tokenizer, ids, labels
         self.images: list[int] = []  # positions of image markers (list.index runs in C)
         with suppress(ValueError):
             while True:
                 start = self.images[-1] + 1 if self.images else 0
                 self.images.append(ids.index(image_id, start))
+        blocks = [block] * len(self.images) if isinstance(block, int) else block
+        # placeholders added before the i-th marker's position: [0, b0 - 1, ...]
+        self._added = [0, *itertools.accumulate(size - 1 for size in blocks)]
 
     def expanded(self, position: int) -> int:
         """The position in the labels: image markers become blocks of placeholders."""
-        return position + bisect_left(self.images, position) * (self.block - 1)
+        return position + self._added[bisect_left(self.images, position)]
 
     def shown(self, low: int, high: int) -> list[str]:
         """Training tokens ``[low, high)``, targets marked ``*``."""

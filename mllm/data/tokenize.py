@@ -13,7 +13,8 @@ own preprocessing trains it. Tokens the tokenizer adds itself (BOS) have empty s
 -100.
 
 Each image marker (a special token of the tokenizer) becomes ``num_image_tokens`` copies of
-its id, all -100, which the model replaces with projected image features.
+its id, all -100, which the model replaces with projected image features; anyres images
+(``mllm.data.anyres``) take a count per image instead, which depends on the image's size.
 
 Over-long samples: the tail is cut to ``max_length`` only if every image block stays whole
 (a cut block, or a lost image, would no longer match the sample's pixel values) and at least
@@ -182,6 +183,7 @@ def tokenize_rendered(
     max_length: int,
     lengths_only: bool = False,
     encodings: Mapping[str, Any] | None = None,
+    image_token_counts: Sequence[Sequence[int]] | None = None,
 ) -> list[TokenizedSample | DroppedSample]:
     """Tokenize texts from :func:`render_text` in one tokenizer call (parallel in Rust).
 
@@ -191,11 +193,16 @@ def tokenize_rendered(
     makes the same decisions but returns samples with empty ``input_ids``/``labels``: only
     ``full_length``, ``num_images`` and the drops are meaningful then. ``encodings`` is
     :func:`encode_rendered`'s result for the same texts, for callers that also need the
-    offsets (the label audit) and should not tokenize twice.
+    offsets (the label audit) and should not tokenize twice. ``image_token_counts`` gives,
+    per text, the placeholders of each of its images in order (anyres, where they differ by
+    image size) in place of ``num_image_tokens`` for all.
 
     Raises:
-        ValueError: if the tokenizer doubles BOS, or for non-positive sizes.
+        ValueError: if the tokenizer doubles BOS, for non-positive sizes, or for counts that
+            differ in number from a text's image markers.
     """
+    if image_token_counts is not None and len(image_token_counts) != len(rendered):
+        raise ValueError(f"{len(image_token_counts)} image token counts for {len(rendered)} texts")
     if num_image_tokens < 1 or max_length < 1:
         raise ValueError(
             f"num_image_tokens ({num_image_tokens}) and max_length ({max_length}) must be >= 1"
@@ -206,8 +213,9 @@ def tokenize_rendered(
         encodings = encode_rendered(rendered, tokenizer)
     bos = tokenizer.bos_token_id
     samples: list[TokenizedSample | DroppedSample] = []
-    for ids_list, offsets, (_, spans) in zip(
-        encodings["input_ids"], encodings["offset_mapping"], rendered, strict=True
+    per_text = image_token_counts or [None] * len(rendered)
+    for ids_list, offsets, (_, spans), counts in zip(
+        encodings["input_ids"], encodings["offset_mapping"], rendered, per_text, strict=True
     ):
         ids = np.fromiter(ids_list, dtype=np.int64, count=len(ids_list))  # [N]
         if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
@@ -216,7 +224,8 @@ def tokenize_rendered(
                 "and the tokenizer adds its own; templates must not write BOS"
             )
         labels = _label_targets(ids, offsets, spans)
-        fitted = _expand_and_fit(ids, labels, image_token_id, num_image_tokens, max_length)
+        sizes = num_image_tokens if counts is None else counts
+        fitted = _expand_and_fit(ids, labels, image_token_id, sizes, max_length)
         if isinstance(fitted, DroppedSample):
             samples.append(fitted)
         elif lengths_only:
@@ -274,24 +283,38 @@ class _Fitted:
 
 
 def _expand_and_fit(
-    ids: np.ndarray, labels: np.ndarray, image_id: int, num_image_tokens: int, max_length: int
+    ids: np.ndarray,
+    labels: np.ndarray,
+    image_id: int,
+    num_image_tokens: int | Sequence[int],
+    max_length: int,
 ) -> _Fitted | DroppedSample:
-    """Expand each image id into a block of placeholders, then truncate or drop."""
+    """Expand each image id into a block of placeholders (``num_image_tokens`` each, or a
+    count per image in order), then truncate or drop."""
     is_image = ids == image_id  # [N]
-    copies = np.where(is_image, num_image_tokens, 1)  # [N]
+    copies = np.ones_like(ids)  # [N]
+    if isinstance(num_image_tokens, int):
+        copies[is_image] = num_image_tokens
+    else:
+        if len(num_image_tokens) != int(is_image.sum()) or min(num_image_tokens, default=1) < 1:
+            raise ValueError(
+                f"{int(is_image.sum())} image markers but image token counts {num_image_tokens}"
+            )
+        copies[is_image] = num_image_tokens
     input_ids = np.repeat(ids, copies)  # [L]
     out_labels = np.repeat(labels, copies)  # [L]; markers are never targets (render_text)
     block_starts = (np.cumsum(copies) - copies)[is_image]  # [num_images]
+    block_sizes = copies[is_image]  # [num_images]
     num_images = len(block_starts)
     length = len(input_ids)
     if length > max_length:
-        cut = np.flatnonzero(block_starts + num_image_tokens > max_length)
+        cut = np.flatnonzero(block_starts + block_sizes > max_length)
         if len(cut):
-            start = int(block_starts[cut[0]])
+            start, size = int(block_starts[cut[0]]), int(block_sizes[cut[0]])
             return DroppedSample(
                 f"{length} tokens > max_length {max_length}, and truncating would cut image "
                 f"{cut[0] + 1} of {num_images} (its tokens are "
-                f"{start}..{start + num_image_tokens - 1})",
+                f"{start}..{start + size - 1})",
                 "cuts_image",
                 length,
             )

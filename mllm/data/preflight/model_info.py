@@ -17,11 +17,23 @@ from mllm.config.schema import ModelConfig
 
 
 def image_tokens_per_image(config: ModelConfig) -> int:
-    """Placeholders each ``<image>`` expands to for the recipe's ``model`` section.
+    """Placeholders each ``<image>`` of a single tile (not anyres) expands to for the recipe's
+    ``model`` section: the projector's, and a newline under ``spatial_unpad``.
 
     Raises:
         OSError: if a config cannot be read from the tower's or the LLM's path.
         ValueError: for tower settings the tower rejects (e.g. ``feature_layer``).
+    """
+    from mllm.models.anyres import image_token_count
+
+    return image_token_count(config.mm_patch_merge_type, tile_and_tokens(config)[1])
+
+
+def tile_and_tokens(config: ModelConfig) -> tuple[int, int]:
+    """The tower's input side and the projector's tokens per tile (image), from configs.
+
+    Raises:
+        OSError, ValueError: as :func:`image_tokens_per_image`.
     """
     from transformers import AutoConfig, AutoImageProcessor
 
@@ -39,7 +51,7 @@ def image_tokens_per_image(config: ModelConfig) -> int:
     shape = {"vision_dim": tower.hidden_size, "num_patches": tower.num_patches}
     try:  # the property reads only config and sizes for every projector shipped
         stand_in = SimpleNamespace(config=config.projector, llm_dim=None, **shape)
-        return int(projector_class.num_output_tokens.fget(stand_in))
+        return tower.image_size, int(projector_class.num_output_tokens.fget(stand_in))
     except AttributeError:
         pass
     llm = AutoConfig.from_pretrained(
@@ -49,4 +61,4 @@ def image_tokens_per_image(config: ModelConfig) -> int:
         projector = projector_class(
             config.projector, llm_dim=llm.get_text_config().hidden_size, **shape
         )
-    return int(projector.num_output_tokens)
+    return tower.image_size, int(projector.num_output_tokens)

@@ -16,7 +16,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from mllm.data.images import DEFAULT_MAX_PIXELS
+from mllm.data.anyres import AnyresSpec, read_header_sizes
+from mllm.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
 from mllm.data.label_audit import AuditedSample, audit_rendered, pair_message, probe_pair
 from mllm.data.preflight.image_check import ImageResult, inspect_all, locate
 from mllm.data.preflight.report import LABEL_ERRORS, STAGE, CheckReport, Finding
@@ -40,6 +41,8 @@ class TokenSettings:
     tokenizer: PreTrainedTokenizerBase
     image_tokens: int
     max_length: int
+    #: under ``anyres``, the tiling: each image's placeholders follow from its header size
+    anyres: AnyresSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,8 @@ def check_data(
         report.settings = f"template {template.name}"
     if tokens is not None:
         report.max_length = tokens.max_length
-        report.settings += f", max_length {tokens.max_length}, {tokens.image_tokens} tokens/image"
+        per_image = "anyres" if tokens.anyres else tokens.image_tokens
+        report.settings += f", max_length {tokens.max_length}, {per_image} tokens/image"
         _probe(report, template, tokens, image_token)  # type: ignore[arg-type]  # checked above
     valid: list[tuple[_Ref, CheckedRecord]] = []
     seen_ids: dict[Hashable, _Ref] = {}
@@ -139,7 +143,10 @@ def check_data(
             "no image folder: image paths are used as given and not confined (give --images)"
         )
     if tokens is not None:
-        _check_tokens(valid, turns, report, image_token, template, tokens)
+        counts = None
+        if tokens.anyres is not None:
+            valid, counts = _anyres_counts(valid, report, image_folder, tokens.anyres, max_pixels)
+        _check_tokens(valid, turns, report, image_token, template, tokens, counts)
     order = {path: position for position, path in enumerate(report.files)}
     report.findings.sort(key=lambda f: (order.get(f.file, -1), -1 if f.index is None else f.index))
     return report
@@ -228,9 +235,10 @@ def _check_tokens(
     image_token: str,
     template: Template | None,
     tokens: TokenSettings,
+    counts: list[list[int]] | None = None,
 ) -> None:
     """Tokenize every valid record in large batches, as training does at construction, and
-    audit the labels of every reply."""
+    audit the labels of every reply (``counts``: each record's placeholders per image)."""
     assert template is not None
     image_id = check_tokenizer(tokens.tokenizer, template, image_token=image_token)
     for first in range(0, len(valid), _CHUNK):
@@ -245,10 +253,39 @@ def _check_tokens(
             image_token_id=image_id,
             num_image_tokens=tokens.image_tokens,
             max_length=tokens.max_length,
+            image_token_counts=None if counts is None else counts[first : first + _CHUNK],
         )
         for (ref, _), conversation, result in zip(chunk, conversations, audited, strict=True):
             _length_findings(ref, result.sample, report, tokens.max_length)
             _label_findings(ref, result, conversation, report)
+
+
+def _anyres_counts(
+    valid: list[tuple[_Ref, CheckedRecord]],
+    report: CheckReport,
+    image_folder: str | os.PathLike[str] | None,
+    anyres: AnyresSpec,
+    max_pixels: int | None,
+) -> tuple[list[tuple[_Ref, CheckedRecord]], list[list[int]]]:
+    """The records whose anyres image sizes can be read from their headers, with each one's
+    placeholders per image, as training counts them; the others are left out of the token
+    pass (the image pass reports them) and counted in a note."""
+    sizes: dict[str, tuple[int, int] | ImageLoadError] = {}
+    paths = [path for _, checked in valid for path in checked.images]
+    read_header_sizes(image_folder, paths, sizes, max_pixels)  # in threads
+    kept, counts = [], []
+    for ref, checked in valid:
+        try:
+            counts.append(anyres.header_counts(image_folder, checked.images, sizes, max_pixels))
+        except ImageLoadError:
+            continue
+        kept.append((ref, checked))
+    if len(kept) < len(valid):
+        report.notes.append(
+            f"{len(valid) - len(kept)} records with unreadable images are left out of the "
+            "token lengths: anyres counts an image's tokens from its size"
+        )
+    return kept, counts
 
 
 def _length_findings(

@@ -22,6 +22,10 @@ class Projector(nn.Module):
         self.vision_dim = vision_dim
         self.llm_dim = llm_dim
         self.num_patches = num_patches
+        #: LLaVA-NeXT's tile merge with its learned ``image_newline``
+        #: (``mllm.models.anyres.SpatialUnpad``) when ``model.mm_patch_merge_type`` is
+        #: ``spatial_unpad``: held here so it trains, freezes and saves with the projector.
+        self.patch_merge: nn.Module | None = None
 
     @property
     def num_output_tokens(self) -> int:

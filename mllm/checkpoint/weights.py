@@ -2,7 +2,8 @@
 
 ``model.safetensors`` holds full tensors of every component trained so far, even under ZeRO-3;
 of an LLM with adapters only the adapter tensors (``...lora_A/B...``) when its base is the
-pretrained ``model.llm.path``. The folder's other files are in ``mllm.checkpoint.layout``.
+pretrained ``model.llm.path``, and of a modality-adaptive LLM that trains only its visual
+copies only those. The folder's other files are in ``mllm.checkpoint.layout``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mllm.checkpoint.layout import (
 from mllm.config.schema import ADAPTER_MODES, LoraConfig
 from mllm.models.families import get_family
 from mllm.models.lora import ADAPTER_MARK, is_adapted
+from mllm.models.modality_adaptive import is_modality_adaptive, visual_parameters
 
 #: Attribute set on an LLM whose base weights came from a checkpoint (not ``model.llm.path``):
 #: its adapted checkpoints then hold the base weights too.
@@ -61,13 +63,16 @@ def gather_state_dict(
 
     Collective under ZeRO-3: every rank must call it; only ranks with ``keep`` get tensors.
     Of a component wrapped with adapters, only the adapter tensors are taken, unless its base
-    weights came from a checkpoint (then the base is part of what was trained so far).
+    weights came from a checkpoint (then the base is part of what was trained so far). Likewise
+    of a modality-adaptive LLM whose visual copies alone train (``train.llm: visual``), only
+    the copies.
     """
     skip = _pretrained_base_prefixes(model)
+    base_only = _untrained_base_names(model)
     prefixes = tuple(f"{p}." for p in prefixes)
     state: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
-        if name.startswith(skip) and ADAPTER_MARK not in name:
+        if (name.startswith(skip) and ADAPTER_MARK not in name) or name in base_only:
             continue
         if name.startswith(prefixes):
             with _gathered([param]):
@@ -89,6 +94,20 @@ def _pretrained_base_prefixes(model: nn.Module) -> tuple[str, ...]:
         if is_adapted(module) and not getattr(module.get_base_model(), BASE_FROM_CHECKPOINT, False):
             prefixes.append(f"{name}.")
     return tuple(prefixes)
+
+
+def _untrained_base_names(model: nn.Module) -> set[str]:
+    """Parameters of modality-adaptive components that train only their visual copies on the
+    pretrained base: everything but the copies, which loading rebuilds from the base path."""
+    names: set[str] = set()
+    for child, module in model.named_children():
+        if not is_modality_adaptive(module) or getattr(module, BASE_FROM_CHECKPOINT, False):
+            continue
+        copies = {name for name, _ in visual_parameters(module)}
+        trained = {name for name, p in module.named_parameters() if p.requires_grad}
+        if trained and trained <= copies:
+            names.update(f"{child}.{n}" for n, _ in module.named_parameters() if n not in copies)
+    return names
 
 
 def adapters_manifest(recipe_yaml: str, stage: str, state: dict[str, torch.Tensor]) -> dict:

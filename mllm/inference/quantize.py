@@ -22,7 +22,11 @@ import torch
 
 from mllm.checkpoint import LoadedModel, load_mllm_checkpoint, read_manifest
 from mllm.models.lora import merge_adapters
-from mllm.models.quantization import check_quantization, load_quantized_llm
+from mllm.models.quantization import (
+    QuantizationUnavailableError,
+    check_quantization,
+    load_quantized_llm,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,8 @@ def load_mllm_checkpoint_quantized(
 
     Raises:
         CheckpointError: the folder is not a complete mllm checkpoint.
-        QuantizationUnavailableError: bitsandbytes cannot quantise here.
+        QuantizationUnavailableError: bitsandbytes cannot quantise here, or the model is
+            modality-adaptive.
     """
     check_quantization(quantize)
     adapter = read_manifest(folder).get("adapters", {}).get("llm")
@@ -43,6 +48,11 @@ def load_mllm_checkpoint_quantized(
         return load_mllm_checkpoint(folder, dtype=dtype, device=device)
     loaded = load_mllm_checkpoint(folder, dtype=dtype, device="cpu")
     model = loaded.built.model
+    if model.modality_adaptive:  # a reload through transformers would drop the visual copies
+        raise QuantizationUnavailableError(
+            f"{folder}: model.llm.modality_adaptive models load unquantised only (their visual "
+            "copies are not part of a transformers LLM)"
+        )
     merge_adapters(model)
     attn_implementation = model.llm.config._attn_implementation or "sdpa"
     with tempfile.TemporaryDirectory(prefix="mllm-quantize-") as tmp:

@@ -15,9 +15,11 @@ from transformers.utils import logging as hf_logging
 
 from mllm.config.schema import LoraConfig, ModelConfig
 from mllm.models import projectors, vision  # noqa: F401 - registers every component
+from mllm.models.anyres import SpatialUnpad
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
 from mllm.models.catalog import PROJECTORS, VISION_TOWERS
 from mllm.models.llm import load_llm, load_tokenizer
+from mllm.models.modality_adaptive import ADAPTED_MODULES, make_modality_adaptive
 from mllm.models.multimodal import MultimodalModel
 
 logger = logging.getLogger(__name__)
@@ -171,6 +173,13 @@ def build_model(
     with logged_load("model.llm", config.llm.path) as loaded:
         llm = load_llm(config.llm, dtype=dtype, attn_implementation=llm_attn, quantize=quantize_llm)
         loaded.append(llm)
+    if config.llm.modality_adaptive:
+        layers = make_modality_adaptive(llm)
+        logger.info(
+            "model.llm.modality_adaptive: visual copies of %s in %d decoder layers",
+            ", ".join(ADAPTED_MODULES),
+            layers,
+        )
     grow_embeddings(llm, len(tokenizer))
     llm.config.pad_token_id = tokenizer.pad_token_id
     projector_class = PROJECTORS.get(config.projector.name).target
@@ -179,9 +188,18 @@ def build_model(
         vision_dim=vision.hidden_size,
         llm_dim=llm.config.get_text_config().hidden_size,
         num_patches=vision.num_patches,
-    ).to(dtype)
+    )
+    if config.mm_patch_merge_type == "spatial_unpad":
+        projector.patch_merge = SpatialUnpad(projector.llm_dim)
+    projector = projector.to(dtype)
     image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
-    model = MultimodalModel(vision, projector, llm, image_token_id=image_token_id)
+    model = MultimodalModel(
+        vision,
+        projector,
+        llm,
+        image_token_id=image_token_id,
+        patch_merge=config.mm_patch_merge_type,
+    )
     logger.info(
         "built %s tower (%d patches) -> %s projector (%d tokens per image) -> %s LLM",
         config.vision.name,

@@ -17,6 +17,7 @@ from torch import nn
 
 from mllm.config.schema import ADAPTER_MODES, LoraConfig, RecipeConfig
 from mllm.models.families import get_family
+from mllm.models.modality_adaptive import lora_targets
 from mllm.models.multimodal import MultimodalModel
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def add_adapters(model: MultimodalModel, settings: LoraConfig, mode: str) -> Non
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules or ()),
+        # a modality-adaptive LLM's k_proj is two layers (text, visual): each gets its adapter
+        target_modules=lora_targets(llm, settings.target_modules or ()),
         bias="none",
     )
     try:

@@ -1,4 +1,4 @@
-"""Fixed-token projectors (Q-Former, abstractors, LDP): shapes, gradients, checkpoints, freezing."""
+"""Token-reducing projectors (Q-Former, abstractors, LDP, concat): shapes, gradients, checkpoints, freezing."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ CASES = [
     ("abstractor", {**QFORMER, "num_queries": 6, "feature_position": "sincos_2d_grid"}, 6),
     ("c_abstractor", {"num_queries": 4, "hidden_size": 8, "depth": 1}, 4),
     ("ldp", {"grid": 2}, 4),
+    ("concat", {"merge": 4}, 4),
+    ("concat", {"merge": 4, "layout": "grid", "norm": True}, 4),
 ]
 IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(CASES)]
 
@@ -302,6 +304,7 @@ def recipe(dirs, projector: dict, train: dict | None = None, **stage_options):
         {"name": "abstractor", **QFORMER, "num_queries": 6, "append_eos": True},
         {"name": "c_abstractor", "num_queries": 4, "hidden_size": 8, "depth": 1},
         {"name": "ldp", "grid": 2},
+        {"name": "concat", "merge": 4},
     ],
     ids=lambda p: p["name"],
 )

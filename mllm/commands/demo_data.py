@@ -1,5 +1,6 @@
 """``mllm demo-data OUT_DIR`` (or ``python -m mllm.demo.shapes OUT_DIR``): write the synthetic
-shapes visual-QA dataset (``mllm.demo.shapes.make_shapes_dataset``)."""
+shapes visual-QA dataset (``mllm.demo.shapes.make_shapes_dataset``), and with
+``--num-grounding N`` its referring split in ``OUT_DIR/grounding`` (``mllm.demo.grounding``)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="image side in pixels (default: basic 64, hard 48); the processor resizes",
     )
+    parser.add_argument(
+        "--num-grounding",
+        type=int,
+        default=0,
+        help="also write the referring/grounding split to OUT_DIR/grounding: this many "
+        "training images (2-3 expressions each) and --num-test held-out ones, 64 px",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     dataset = make_shapes_dataset(
@@ -47,4 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for name, path in vars(dataset).items():
         print(f"{name}: {path}")
+    if args.num_grounding > 0:
+        from mllm.demo.grounding import make_grounding_dataset
+
+        grounding = make_grounding_dataset(
+            args.out_dir / "grounding",
+            num_train=args.num_grounding,
+            num_test=args.num_test,
+            seed=args.seed,
+        )
+        for name, path in vars(grounding).items():
+            print(f"grounding.{name}: {path}")
     return 0

@@ -11,6 +11,7 @@ from mllm.eval.benchmarks import (  # noqa: F401
     mmbench,
     mme,
     pope,
+    refcoco,
     scienceqa,
     seed,
     textvqa,

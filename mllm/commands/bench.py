@@ -4,9 +4,11 @@ transformers' Llava (``mllm.bench.run``; its module docstring is this command's 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mllm.bench import run
+from mllm.bench.data import SHAPES
 
 
 def parse_args(argv: list[str] | None) -> run.BenchOptions:
@@ -15,12 +17,28 @@ def parse_args(argv: list[str] | None) -> run.BenchOptions:
         description=run.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="instead: eager against stages.S.compile on both stages, with a verdict "
+        "(mllm.bench.compiled; its options: --compile --help)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench"))
     parser.add_argument("--recipe", help="benchmark this recipe's model and stage settings")
     parser.add_argument("--stage", help="stage of --recipe (default: its last)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value for --recipe")
     parser.add_argument(
+        "--data", nargs="+", choices=list(SHAPES), default=["captions", "mix"], help="data shapes"
+    )
+    parser.add_argument("--stages", nargs="+", choices=list(run.STAGES), default=list(run.STAGES))
+    parser.add_argument(
         "--variants", nargs="+", choices=list(run.VARIANTS), default=["padded", "packed"]
+    )
+    parser.add_argument(
+        "--cache-epochs",
+        type=int,
+        default=0,
+        help="also time whole stage-1 runs of N epochs, feature cache off and auto",
     )
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per side")
     parser.add_argument("--steps", type=int, default=8, help="measured optimizer steps per run")
@@ -44,7 +62,10 @@ def parse_args(argv: list[str] | None) -> run.BenchOptions:
         recipe=args.recipe,
         stage=args.stage,
         overrides=tuple(args.overrides),
+        data=tuple(args.data),
+        stages=tuple(args.stages),
         variants=tuple(args.variants),
+        cache_epochs=args.cache_epochs,
         rounds=args.rounds,
         steps=args.steps,
         warmup=args.warmup,
@@ -60,4 +81,10 @@ def parse_args(argv: list[str] | None) -> run.BenchOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run.run_bench(parse_args(argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--compile" in args:  # its own benchmark and options (mllm.bench.compiled)
+        from mllm.bench import compiled
+
+        args.remove("--compile")
+        return compiled.main(args)
+    return run.run_bench(parse_args(args))

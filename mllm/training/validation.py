@@ -141,6 +141,7 @@ class Validator:
             template=template,
             image_aspect_ratio=dataset.image_mode,
             manifest={},
+            image_grid_pinpoints=dataset.anyres and list(dataset.anyres.pinpoints),
         )
         self.questions: list[Question] = []
         if config.max_new_tokens:
@@ -180,7 +181,10 @@ class Validator:
             "val_samples": samples,
         }
         if self.questions:
-            counts = self._accuracy()  # [correct, asked] with images, then text-only
+            # Generation runs eager even with stages.S.compile: decoding with a KV cache would
+            # compile each layer anew (the cache is indexed by layer) for a few questions.
+            with torch.compiler.set_stance("force_eager"):
+                counts = self._accuracy()  # [correct, asked] with images, then text-only
             correct, asked = counts[0] + counts[2], counts[1] + counts[3]
             values.update(val_accuracy=correct / max(asked, 1), val_questions=asked)
             if counts[1] and counts[3]:  # a mix: say which side the misses are on

@@ -1,8 +1,9 @@
-"""Training and generation speed of a recipe against transformers' Llava + Trainer.
+"""Training and generation speed against transformers' Llava + Trainer, on short captions and
+the 665k-like mix, in stage 1 (projector) and stage 2 (projector + LLM), with a goal table.
 
-CPU (about 1.5 minutes on 2 busy cores):
+CPU (about 4 minutes on 2 idle cores; 11 under heavy load):
     python scripts/bench.py
-    python scripts/bench.py --variants padded grouped packed packed+grouped --rounds 3
+    python scripts/bench.py --variants padded packed cached --cache-epochs 3
 Options: --recipe FILE [--stage NAME] [key.sub=value ...] benchmarks a recipe's model and
 stage settings on the synthetic length mix; --help lists the rest.
 """

@@ -23,7 +23,7 @@ from mllm.data.packing import PackingCollator
 from mllm.data.recipe_templates import special_tokens_for
 from mllm.models import build_model
 from mllm.training.metrics import read_metrics
-from mllm.training.setup import attach_feature_cache
+from mllm.training.setup import attach_feature_cache, feature_cache_wanted
 from mllm.training.stage import apply_stage
 
 
@@ -233,4 +233,55 @@ def test_cli_builds_then_training_reads_the_cache_with_the_same_losses(ws, tmp_p
     assert (folder / "features.bin").stat().st_mtime_ns == built_at  # read, not rebuilt
     assert len(losses[True]) == 2
     for cached, computed in zip(losses[True], losses[False], strict=True):
+        assert cached == pytest.approx(computed, rel=1e-6)
+
+
+class _Data:
+    """What ``feature_cache_wanted`` reads of a dataset."""
+
+    def __init__(self, size: int, images: bool = True) -> None:
+        self.size, self.images = size, images
+
+    def __len__(self) -> int:
+        return self.size
+
+    def image_paths(self) -> list[str]:
+        return ["a.png"] if self.images else []
+
+
+def test_auto_caches_when_a_frozen_tower_would_see_its_images_again(ws, tmp_path):
+    def wanted(dataset=None, **align):
+        raw = tiny_recipe(ws, tmp_path, align={"max_steps": None, **align})
+        stage = validate_recipe(raw, "test").stages["align"]
+        return feature_cache_wanted(stage, dataset or _Data(32))
+
+    assert (
+        validate_recipe(tiny_recipe(ws, tmp_path), "t").stages["align"].data.feature_cache == "auto"
+    )
+    assert wanted(epochs=1)[0] is False
+    use, reason = wanted(epochs=3)
+    assert use and "passes over its data 3.00 times" in reason
+    assert wanted(max_steps=9)[0]  # 36 samples drawn from 32
+    assert not wanted(max_steps=8)[0]
+    assert not wanted(epochs=3, train={"vision": "full"})[0]
+    assert not wanted(epochs=3, data={"feature_cache": None})[0]
+    assert not wanted(_Data(32, images=False), epochs=3)[0]
+    assert wanted(data={"feature_cache": str(tmp_path / "c")})[0]  # the recipe asks
+
+
+def test_auto_cache_is_built_on_first_use_and_keeps_the_losses(ws, tmp_path):
+    """scripts/train.py over more than one epoch: the default cache is built under
+    OUTPUT_DIR/feature_cache/STAGE and read, with the losses of the tower."""
+    losses = {}
+    for setting in ("auto", None):
+        out = tmp_path / f"run_{setting}"
+        align = {"max_steps": 9, "data": {"feature_cache": setting}}
+        raw = tiny_recipe(ws, out, align=align)
+        run_train([str(write_recipe(tmp_path / f"r_{setting}.yaml", raw)), "--stage", "align"])
+        losses[setting] = [row["loss"] for row in read_metrics(out / "align/metrics.jsonl")]
+    folders = list((tmp_path / "run_auto" / "feature_cache" / "align").iterdir())
+    assert len(folders) == 1 and (folders[0] / "index.json").is_file()
+    assert not (tmp_path / "run_None" / "feature_cache").exists()
+    assert len(losses["auto"]) == 9
+    for cached, computed in zip(losses["auto"], losses[None], strict=True):
         assert cached == pytest.approx(computed, rel=1e-6)

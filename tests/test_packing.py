@@ -10,6 +10,8 @@ from mllm.config import validate_recipe
 from mllm.data import IGNORE_INDEX, BadRecord, DataCollator
 from mllm.data.packing import PackingCollator, plan_rows
 from mllm.data.recipe_templates import special_tokens_for
+from mllm.data.row_width import choose_packing, dense_attention_crossover, pack_width
+from mllm.data.stage_data import stage_collator
 from mllm.models import build_model
 from mllm.models.attention import flash_attention_unavailable_reason
 from mllm.models.multimodal import join_packed_rows
@@ -130,7 +132,7 @@ def test_joined_rows_give_the_same_loss(ws, tmp_path):
     dataset = workspace_dataset(ws, built, "align")
     samples = [dataset[i] for i in range(9)]
     pad = built.tokenizer.pad_token_id
-    packed = PackingCollator(pad_token_id=pad, max_length=64)(samples)
+    packed = PackingCollator(pad_token_id=pad, max_length=128)(samples)
     assert packed["input_ids"].shape[0] > 1 and (packed["input_ids"] == pad).any()
     model = built.model.eval()
     with torch.no_grad():
@@ -183,3 +185,104 @@ def test_packed_training_matches_padded_losses(ws, tmp_path):
     assert len(losses[True]) == 3
     for packed, padded in zip(losses[True], losses[False], strict=True):
         assert packed == pytest.approx(padded, rel=1e-5)
+
+
+#: Caption-like (alignment) and LLaVA-665k-like micro-batches of 16 sample lengths.
+CAPTIONS = [80, 84, 78, 90, 96, 75, 88, 82, 79, 91, 86, 77, 83, 85, 94, 81]
+MIX = [676, 130, 123, 60, 150, 420, 118, 182, 300, 87, 126, 140, 250, 115, 170, 98]
+
+
+def _ids(length: int, first: int) -> dict:
+    ids = [first] * length
+    return _sample(ids, [IGNORE_INDEX] + ids[1:])
+
+
+def test_dense_kernels_get_rows_only_as_wide_as_pays():
+    """With a whole-row attention, 16 captions in one 1,024-token row would cost ~12x their
+    padded attention: the row width follows the estimated cost instead of max_length."""
+    assert pack_width(CAPTIONS, 1024, crossover=None) == 1024  # per-sample attention
+    assert pack_width(CAPTIONS, 1024, crossover=500.0) == max(CAPTIONS)
+    cheap = pack_width(CAPTIONS, 1024, crossover=1e9)  # attention costs ~nothing: fewest rows
+    rows = plan_rows(CAPTIONS, cheap)
+    assert len(rows) * max(sum(CAPTIONS[i] for i in row) for row in rows) < 1.05 * sum(CAPTIONS)
+    assert pack_width(MIX, 1024, crossover=800.0) == max(MIX)
+    samples = [_ids(length, first=i + 1) for i, length in enumerate(CAPTIONS)]
+    # A row per caption: exactly the padded batch, returned as such.
+    batch = PackingCollator(pad_token_id=0, max_length=1024, crossover=500.0)(samples)
+    padded = DataCollator(pad_token_id=0)(samples)
+    assert "position_ids" not in batch and int(batch.pop("num_tokens")) == sum(CAPTIONS)
+    assert batch.keys() == padded.keys()
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(batch[key], padded[key]), key
+    # Per-sample attention: every caption in one row of position runs.
+    packed = PackingCollator(pad_token_id=0, max_length=1024)(samples)
+    assert packed["input_ids"].shape[0] == 2  # 1,348 tokens
+    assert "attention_mask" not in packed and "position_ids" in packed
+    # The mix still packs under a dense kernel, into rows of its longest sample.
+    mixed = [_ids(length, first=i + 1) for i, length in enumerate(MIX)]
+    rows = PackingCollator(pad_token_id=0, max_length=1024, crossover=800.0)(mixed)
+    assert rows["input_ids"].shape[1] == max(MIX) and rows["input_ids"].shape[0] < len(MIX)
+    assert int((rows["position_ids"] == 0).sum()) >= len(MIX)
+
+
+def test_auto_packs_spread_lengths_and_pads_even_ones():
+    choice = choose_packing(CAPTIONS * 4, 16, 1024, crossover=500.0)
+    assert not choice.packed and "75-96 tokens" in choice.reason
+    choice = choose_packing(MIX * 4, 16, 1024, crossover=800.0)
+    assert choice.packed and "padding" in choice.reason
+    # Per-sample attention: even captions pack, 16 rows into one.
+    assert choose_packing(CAPTIONS * 4, 16, 1024, crossover=None).packed
+
+
+def test_dense_attention_crossover_follows_the_model(ws):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(ws["llama"])
+    trained = dense_attention_crossover(config)
+    frozen = dense_attention_crossover(config, trains_weights=False)
+    assert 0 < frozen < trained  # a frozen LLM's backward skips weight gradients
+    wider = AutoConfig.from_pretrained(ws["llama"], hidden_size=4 * config.hidden_size)
+    assert dense_attention_crossover(wider) > trained  # linear layers grow faster
+
+
+def test_stage_collator_resolves_auto_and_logs_why(ws, tmp_path, caplog):
+    align = {"data": {"packing": "auto"}, "global_batch_size": 8, "micro_batch_size": 8}
+    raw = tiny_recipe(ws, tmp_path, align=align)
+    recipe = validate_recipe(raw, "test")
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    stage = recipe.stages["align"]
+    key = "stages.align.data.packing"
+    with caplog.at_level("INFO", logger="mllm.data.stage_data"):
+        even = stage_collator(stage, built, [100] * 32, key)
+        spread = stage_collator(stage, built, [20, 240] * 16, key)
+    assert isinstance(even, DataCollator) and isinstance(spread, PackingCollator)
+    assert spread.crossover is not None  # sdpa: a whole-row kernel
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(key)]
+    assert lines[0].startswith(f"{key}: auto -> padded: samples of 100-100 tokens")
+    assert lines[1].startswith(f"{key}: auto -> packed: samples of 20-240 tokens")
+
+
+def test_training_loss_reads_only_the_logits_it_needs(ws, tmp_path):
+    """In training, the output head runs at label-predicting positions only; the loss and the
+    gradients are those of the full logits."""
+    recipe = validate_recipe(tiny_recipe(ws, tmp_path), "test")
+    torch.manual_seed(0)
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    apply_stage(built.model, recipe.stages["instruct"].train)
+    dataset = workspace_dataset(ws, built, "instruct")
+    batch = DataCollator(pad_token_id=built.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    model = built.model.train()
+    kept = model(**batch)
+    kept.loss.backward()
+    kept_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    embeds = model.embed(batch["input_ids"], batch["pixel_values"])
+    full = model.llm(
+        inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]
+    )
+    full.loss.backward()
+    assert kept.logits.shape[1] < full.logits.shape[1]  # the prompts' positions are skipped
+    torch.testing.assert_close(kept.loss, full.loss, rtol=1e-6, atol=1e-6)
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(kept_grads[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)

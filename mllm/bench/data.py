@@ -16,13 +16,17 @@ from pathlib import Path
 from mllm.demo.shapes import CAPTION_PROMPTS, QUESTIONS, SHORT_ANSWER, render, sample_scene
 
 #: Share of each kind of record (LLaVA-665k is mostly image QA, ~6% text-only ShareGPT).
-MIX = {
+MIX: dict[str, float] = {
     "caption": 0.30,
     "vqa": 0.35,
     "dialogue": 0.20,
     "text_short": 0.10,
     "text_long": 0.05,
 }
+#: Alignment data (LLaVA's 558K pretraining set): one short caption per image.
+CAPTIONS: dict[str, float] = {"caption": 1.0}
+#: The data shapes a benchmark can train on, by name.
+SHAPES = {"mix": MIX, "captions": CAPTIONS}
 _FOLLOW_UPS = (
     "Tell me more about it.",
     "Describe the shape in detail.",
@@ -86,7 +90,7 @@ def _record(rng: random.Random, kind: str, index: int, image: str | None, scene)
 
 
 def write_length_mix(
-    out_dir: Path, *, num_samples: int, image_size: int = 32, seed: int = 0
+    out_dir: Path, *, num_samples: int, image_size: int = 32, seed: int = 0, shape: str = "mix"
 ) -> LengthMix:
     """Write ``out_dir/mix.json`` and its images (reused when already written alike).
 
@@ -95,6 +99,8 @@ def write_length_mix(
         num_samples: records in the mix.
         image_size: square image side in pixels (at least 32).
         seed: seeds the kinds, scenes and turns.
+        shape: a key of :data:`SHAPES`: ``mix`` (LLaVA-665k's spread of lengths) or
+            ``captions`` (single caption exchanges, as in alignment data).
 
     Returns:
         The records file and image folder.
@@ -103,12 +109,14 @@ def write_length_mix(
     images = out_dir / "images"
     records_path = out_dir / "mix.json"
     stamp = out_dir / "mix_args.json"
-    args = {"num_samples": num_samples, "image_size": image_size, "seed": seed}
+    if shape not in SHAPES:
+        raise ValueError(f"unknown data shape {shape!r}; choose one of {list(SHAPES)}")
+    args = {"num_samples": num_samples, "image_size": image_size, "seed": seed, "shape": shape}
     if records_path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == args:
         return LengthMix(records_path, images)
     images.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    kinds, weights = list(MIX), list(MIX.values())
+    kinds, weights = list(SHAPES[shape]), list(SHAPES[shape].values())
     records = []
     for index in range(num_samples):
         kind = rng.choices(kinds, weights)[0]

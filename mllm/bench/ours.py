@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from contextlib import redirect_stderr
+from dataclasses import dataclass
 from pathlib import Path
 
 from mllm.bench.measure import PeakMemory, TrainRun
@@ -57,7 +58,8 @@ def train_ours(
     """Train ``stage_name`` for its ``max_steps`` and time the steps after ``warmup``.
 
     Args:
-        recipe: a recipe whose stage has no ``init_from`` and writes to a scratch folder.
+        recipe: a recipe whose stage has no ``init_from`` and writes to a scratch folder
+            (the stage's output folder is removed first).
         stage_name: the stage to run.
         name: the run's label in the report.
         warmup: steps left out of the measurement (allocator, thread pools, first batches).
@@ -67,6 +69,8 @@ def train_ours(
         The measured steps, mean section times and peak memory.
     """
     stage = recipe.stages[stage_name]
+    # A scratch folder: the metrics of an earlier run there would be read as this run's.
+    shutil.rmtree(recipe.stage_output_dir(stage_name), ignore_errors=True)
     runtime = init_distributed()
     ds_config = build_deepspeed_config(stage, runtime.world_size, f"stages.{stage_name}")
     setup = set_up_stage(recipe, stage_name, ds_config=ds_config)
@@ -91,3 +95,37 @@ def train_ours(
         peak_mib=memory.peak_mib,
         losses=losses,
     )
+
+
+@dataclass
+class WholeRun:
+    """A whole stage timed from set-up (feature cache build included) to its last step.
+
+    Attributes:
+        seconds: wall time of ``set_up_stage``, ``stage_trainer`` and ``Trainer.train``.
+        cached: whether the stage read cached features.
+        losses: the loss of every step.
+    """
+
+    seconds: float
+    cached: bool
+    losses: list[float]
+
+
+def time_whole_stage(recipe: RecipeConfig, stage_name: str) -> WholeRun:
+    """Run ``stage_name`` from scratch, minus the final checkpoint: the stage's output and
+    the recipe's ``OUTPUT_DIR/feature_cache`` (where ``auto`` caches go) are removed first
+    (scratch folders), so an ``auto`` cache is built inside the timed run."""
+    shutil.rmtree(Path(recipe.output_dir) / "feature_cache", ignore_errors=True)
+    shutil.rmtree(recipe.stage_output_dir(stage_name), ignore_errors=True)
+    stage = recipe.stages[stage_name]
+    runtime = init_distributed()
+    started = time.perf_counter()
+    ds_config = build_deepspeed_config(stage, runtime.world_size, f"stages.{stage_name}")
+    with open(os.devnull, "w") as quiet, redirect_stderr(quiet):  # build and step progress bars
+        setup = set_up_stage(recipe, stage_name, ds_config=ds_config)
+        trainer = stage_trainer(setup, runtime)
+        trainer.train()
+    seconds = time.perf_counter() - started
+    losses = [row["loss"] for row in read_metrics(trainer.out_dir / "metrics.jsonl")]
+    return WholeRun(seconds, setup.dataset.feature_cache is not None, losses)

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 
 from mllm.bench.generation import GenerationRun
 from mllm.bench.measure import TrainRun, median
-from mllm.bench.ours import SECTIONS
+from mllm.bench.ours import SECTIONS, WholeRun
+
+#: The goal: samples/s at least this multiple of the HF Trainer + Llava baseline's.
+TARGET = 1.5
+#: Steps whose losses the goal table compares with the baseline's.
+FIRST_STEPS = 3
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
@@ -97,4 +102,79 @@ def generation_table(runs: list[GenerationRun]) -> str:
         "tok/s vs base",
         "same answer",
     ]
+    return _table(header, rows)
+
+
+def goal_table(cells: dict[str, dict[str, list[TrainRun]]], target: float = TARGET) -> str:
+    """Per cell (data shape / stage) and our variant: samples/s against the baseline's (median
+    of per-round ratios), padding and peak memory of both sides, and the largest difference
+    of the first steps' losses from the baseline's (first round).
+
+    Args:
+        cells: cell name -> side name -> its runs, one per round; each has ``baseline``.
+        target: the ratio the goal asks for.
+    """
+    rows = []
+    for cell, runs in cells.items():
+        base = runs["baseline"]
+        for name, side in runs.items():
+            if name == "baseline":
+                continue
+            ratio = median(
+                [o.samples_per_s / b.samples_per_s for o, b in zip(side, base, strict=False)]
+            )
+            steps = min(FIRST_STEPS, len(side[0].losses), len(base[0].losses))
+            diff = max(
+                (
+                    abs(a - b)
+                    for a, b in zip(side[0].losses[:steps], base[0].losses[:steps], strict=True)
+                ),
+                default=float("nan"),
+            )
+            rows.append(
+                [
+                    cell,
+                    name.removeprefix("ours "),
+                    f"{median([r.samples_per_s for r in base]):.1f}",
+                    f"{median([r.samples_per_s for r in side]):.1f}",
+                    f"{ratio:.2f}x",
+                    "yes" if ratio >= target else "no",
+                    f"{100 * median([r.padding_share for r in base]):.0f}% / "
+                    f"{100 * median([r.padding_share for r in side]):.0f}%",
+                    f"{median([r.peak_mib for r in base]):.0f} / "
+                    f"{median([r.peak_mib for r in side]):.0f}",
+                    f"{diff:.1e}",
+                ]
+            )
+    header = [
+        "goal: data / stage",
+        "ours",
+        "base samples/s",
+        "ours samples/s",
+        "vs base",
+        f">= {target}x",
+        "padding base / ours",
+        "peak MiB base / ours",
+        f"loss diff, {FIRST_STEPS} steps",
+    ]
+    return _table(header, rows)
+
+
+def cache_table(runs: dict[str, list[WholeRun]], epochs: int) -> str:
+    """Whole-stage seconds with the tower and with the feature cache (its build included)."""
+    first = next(iter(runs.values()))
+    rows = []
+    for name, side in runs.items():
+        ratios = [a.seconds / b.seconds for a, b in zip(first, side, strict=False)]
+        diff = max(abs(a - b) for a, b in zip(side[0].losses, first[0].losses, strict=False))
+        rows.append(
+            [
+                name,
+                "yes" if side[0].cached else "no",
+                f"{median([r.seconds for r in side]):.1f}",
+                f"{median(ratios):.2f}x",
+                f"{diff:.1e}",
+            ]
+        )
+    header = [f"whole stage 1, {epochs} epochs", "cached", "seconds", "speed-up", "loss diff"]
     return _table(header, rows)

@@ -1,18 +1,24 @@
 """``python scripts/bench.py``: training and generation speed, ours against transformers' Llava.
 
-Builds tiny models and a synthetic LLaVA-like length mix (or takes a recipe's model and stage
-settings), then in one process and in alternating rounds (baseline, ours, ours, ..., then the
-next round in reverse order) trains each side for the same steps from the same weights on
-the same samples, and finally times generation, the sides taking turns. Other processes'
-load thus falls on every side alike; the ratios are medians of per-round ratios. Figures and
+Builds tiny models and synthetic data of two shapes, short captions (alignment data) and
+LLaVA-665k's spread of lengths (the mix), and benchmarks each shape in stage 1 (``align``:
+the projector trains) and stage 2 (``instruct``: projector and LLM train); or takes a
+recipe's model and stage settings on the mix. In one process and in alternating rounds
+(baseline, ours, ours, ..., then the next round in reverse order) it trains each side for the
+same steps from the same weights on the same samples, then times generation, the sides taking
+turns. Other processes' load thus falls on every side alike; the ratios are medians of
+per-round ratios. The goal table sets each cell's samples/s against the baseline's, with
+padding, peak memory and the first steps' losses. ``--cache-epochs N`` also times whole
+N-epoch stage-1 runs with the feature cache off and on (its build included). Figures and
 how to read them: docs/benchmarks.md.
 
-CPU (about 1.5 minutes on 2 busy cores; all four variants, 3 rounds: about 3 minutes)::
+CPU (about 4 minutes on 2 idle cores; 11 minutes at a load average of 8-14)::
 
     python scripts/bench.py
-    python scripts/bench.py --variants padded grouped packed packed+grouped --rounds 3
+    python scripts/bench.py --data mix --stages instruct --variants padded grouped packed
     python scripts/bench.py --recipe recipes/tiny/shapes_mlp.yaml --stage instruct
-    python scripts/bench.py --variants padded cached   # the frozen tower's features cached
+    python scripts/bench.py --data captions --stages align --variants packed cached \
+        --cache-epochs 3   # the frozen tower's features cached, build included
 """
 
 from __future__ import annotations
@@ -29,16 +35,22 @@ import yaml
 
 #: Data settings of each variant of our side; ``{cache}`` is a feature cache of the frozen
 #: tower, built once before the rounds (its build time is printed, not in the steps).
+#: Every other variant runs the tower (``feature_cache: null``).
 VARIANTS: dict[str, dict[str, object]] = {
-    "padded": {"packing": False, "group_by": "none"},
-    "grouped": {"packing": False, "group_by": "modality_length"},
-    "packed": {"packing": True, "group_by": "none"},
-    "packed+grouped": {"packing": True, "group_by": "modality_length"},
-    "cached": {"packing": False, "group_by": "none", "feature_cache": "{cache}"},
+    "padded": {"packing": False, "group_by": "none", "feature_cache": None},
+    "grouped": {"packing": False, "group_by": "modality_length", "feature_cache": None},
+    "packed": {"packing": True, "group_by": "none", "feature_cache": None},
+    "packed+grouped": {"packing": True, "group_by": "modality_length", "feature_cache": None},
+    "auto": {"packing": "auto", "group_by": "none", "feature_cache": None},
+    "cached": {"packing": True, "group_by": "none", "feature_cache": "{cache}"},
 }
 #: Tiny model sizes of the built-in recipe (64 image tokens per image).
 TINY = {"image_size": 64, "patch_size": 8, "llm_hidden": 128, "llm_layers": 2}
 TINY |= {"vision_hidden": 64, "vision_layers": 2}
+#: The built-in recipe's stages: what trains besides the projector, and the learning rate.
+STAGES = {"align": {"llm": "frozen", "lr": 1.0e-3}, "instruct": {"llm": "full", "lr": 2.0e-4}}
+#: Each data shape's template: alignment captions in LLaVA's ``plain``, the mix multi-turn.
+TEMPLATES = {"captions": "plain", "mix": "vicuna_v1"}
 
 
 @dataclass(frozen=True)
@@ -47,9 +59,13 @@ class BenchOptions:
 
     Attributes:
         workdir: models, data, runs and caches go here.
-        recipe, stage, overrides: benchmark this recipe's model and stage settings (default:
-            the built-in tiny recipe; the stage defaults to the recipe's last).
+        recipe, stage, overrides: benchmark this recipe's model and stage settings on the
+            mix (default: the built-in tiny recipe; the stage defaults to the recipe's last).
+        data, stages: the built-in recipe's cells: data shapes (``mllm.bench.data.SHAPES``)
+            times stages (:data:`STAGES`).
         variants: our side's data settings, keys of :data:`VARIANTS`.
+        cache_epochs: also time whole stage-1 runs of this many epochs on the captions with
+            the feature cache off and ``auto`` (0: not; built-in recipe only).
         rounds: alternating rounds per side.
         steps, warmup: measured optimizer steps per run, and steps before measuring.
         batch_size: micro = global batch.
@@ -63,7 +79,10 @@ class BenchOptions:
     recipe: str | None = None
     stage: str | None = None
     overrides: tuple[str, ...] = ()
+    data: tuple[str, ...] = ("captions", "mix")
+    stages: tuple[str, ...] = ("align", "instruct")
     variants: tuple[str, ...] = ("padded", "packed")
+    cache_epochs: int = 0
     rounds: int = 2
     steps: int = 8
     warmup: int = 2
@@ -92,14 +111,15 @@ def _builtin_recipe(workdir: Path) -> Path:
             "llm": {"path": str(models["llama"]), "family": "llama", "attn_implementation": "sdpa"},
         },
         "stages": {
-            "instruct": {
+            name: {
                 "data": {"path": "set-by-bench.json", "template": "vicuna_v1"},
-                "train": {"vision": "frozen", "projector": "full", "llm": "full"},
-                "optim": {"lr": 2.0e-4, "warmup_ratio": 0.0},
+                "train": {"vision": "frozen", "projector": "full", "llm": settings["llm"]},
+                "optim": {"lr": settings["lr"], "warmup_ratio": 0.0},
                 "global_batch_size": 16,
                 "micro_batch_size": 16,
                 "precision": "fp32",
             }
+            for name, settings in STAGES.items()
         },
     }
     path = workdir / "bench.yaml"
@@ -107,15 +127,22 @@ def _builtin_recipe(workdir: Path) -> Path:
     return path
 
 
-def _load(options: BenchOptions, path: Path, variant: str, mix) -> tuple:
+def _load(
+    options: BenchOptions,
+    path: Path,
+    variant: str,
+    mix,
+    stage: str,
+    template: str | None,
+    extra: tuple[str, ...] = (),
+) -> tuple:
     """``(recipe, stage)``: the recipe with the bench's data, steps and the variant's settings
     applied as overrides, so they are validated like any command-line override."""
     from mllm.config import load_recipe
 
-    stage = options.stage or list(load_recipe(path, list(options.overrides)).stages)[-1]
     key = f"stages.{stage}"
     bench = [
-        f"output_dir={options.workdir / 'runs' / variant}",
+        f"output_dir={options.workdir / 'runs' / mix.records.parent.name / variant}",
         f"{key}.init_from=null",
         f"{key}.data.path={mix.records}",
         f"{key}.data.image_folder={mix.image_folder}",
@@ -128,11 +155,14 @@ def _load(options: BenchOptions, path: Path, variant: str, mix) -> tuple:
         f"{key}.save_every=null",
         f"{key}.log_every=1",
     ]
+    if template is not None:
+        bench.append(f"{key}.data.template={template}")
+    cache = options.workdir / "feature_cache" / mix.records.parent.name / stage
     for name, value in VARIANTS.get(variant, VARIANTS["padded"]).items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        bench.append(f"{key}.data.{name}={text.format(cache=options.workdir / 'feature_cache')}")
-    recipe = load_recipe(path, [*options.overrides, *bench])
-    if recipe.stages[stage].data.template == "plain":
+        text = "null" if value is None else str(value).lower()
+        bench.append(f"{key}.data.{name}={text.format(cache=cache)}")
+    recipe = load_recipe(path, [*options.overrides, *bench, *extra])
+    if recipe.stages[stage].data.template == "plain" and mix.records.parent.name != "captions":
         raise SystemExit(
             f"{path}: stage {stage} uses the caption-only 'plain' template, but the length mix "
             f"is multi-turn; pass {key}.data.template=vicuna_v1 (or the LLM's template)"
@@ -159,7 +189,7 @@ def _build_caches(recipes: dict[str, tuple]) -> dict[str, float]:
 
     seconds = {}
     for name, (recipe, stage) in recipes.items():
-        if recipe.stages[stage].data.feature_cache is None:
+        if recipe.stages[stage].data.feature_cache in (None, "auto"):
             continue
         cache, seconds[name] = rebuild_feature_cache(recipe, stage)
         print(
@@ -221,6 +251,61 @@ def _figures(runs: dict[str, list], generation: list, cache_build_s: dict[str, f
     }
 
 
+def _cells(options: BenchOptions, path: Path) -> list[tuple[str, str, str | None]]:
+    """``(data shape, stage, template)`` per cell: the built-in recipe's shapes x stages, or
+    a recipe's stage (default its last) on the mix with its own template."""
+    if options.recipe is None:
+        return [
+            (shape, stage, TEMPLATES[shape]) for shape in options.data for stage in options.stages
+        ]
+    from mllm.config import load_recipe
+
+    stage = options.stage or list(load_recipe(path, list(options.overrides)).stages)[-1]
+    return [("mix", stage, None)]
+
+
+def _cache_end_to_end(options: BenchOptions, path: Path, mix) -> str:
+    """Whole stage-1 runs of ``options.cache_epochs`` epochs on the captions, packed, with the
+    feature cache off and ``auto`` (built anew in every run, so its build is included), the
+    sides alternating per round; returns the table."""
+    from mllm.bench.ours import time_whole_stage
+    from mllm.bench.report import cache_table
+
+    sides = {}
+    for name, cache in (("tower", "null"), ("auto", "auto")):
+        extra = (
+            "stages.align.max_steps=null",
+            f"stages.align.epochs={options.cache_epochs}",
+            "stages.align.data.packing=true",
+            f"stages.align.data.feature_cache={cache}",
+        )
+        sides[name] = _load(options, path, f"whole-{name}", mix, "align", "plain", extra)[0]
+    runs: dict[str, list] = {name: [] for name in sides}
+    for round_index in range(options.rounds):
+        names = list(sides) if round_index % 2 == 0 else list(reversed(sides))
+        for name in names:
+            run = time_whole_stage(sides[name], "align")
+            runs[name].append(run)
+            print(f"whole stage, round {round_index + 1} {name}: {run.seconds:.1f} s", flush=True)
+    return cache_table(runs, options.cache_epochs)
+
+
+def _bench_cell(options: BenchOptions, path: Path, mix, stage: str, template: str | None):
+    """Train every side of one cell in alternating rounds and print its tables."""
+    from mllm.bench.report import breakdown_table, training_table
+
+    names = ["baseline", *options.variants]
+    recipes = {name: _load(options, path, name, mix, stage, template) for name in names}
+    cache_build_s = _build_caches(recipes)
+    runs = _train_rounds(options, recipes)
+    print()
+    print(training_table(runs))
+    print()
+    print(breakdown_table(runs))
+    print()
+    return recipes, runs, cache_build_s
+
+
 def run_bench(options: BenchOptions) -> int:
     """Run the benchmark (see the module docstring), print its tables; 0 when done."""
     os.environ["OMP_NUM_THREADS"] = str(options.threads)  # init_distributed keeps it
@@ -231,34 +316,52 @@ def run_bench(options: BenchOptions) -> int:
     from transformers.utils import logging as hf_logging
 
     from mllm.bench.data import write_length_mix
-    from mllm.bench.report import breakdown_table, generation_table, training_table
+    from mllm.bench.report import generation_table, goal_table
 
     torch.set_num_threads(options.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     options.workdir.mkdir(parents=True, exist_ok=True)
-    mix = write_length_mix(
-        options.workdir / "data", num_samples=options.samples, image_size=TINY["image_size"]
-    )
     path = Path(options.recipe) if options.recipe else _builtin_recipe(options.workdir)
-    recipes = {name: _load(options, path, name, mix) for name in ["baseline", *options.variants]}
-    cache_build_s = _build_caches(recipes)
-    runs = _train_rounds(options, recipes)
-    recipe, stage = recipes["baseline"]
-    generation = _generation(options, recipe, stage, mix)
-
-    print()
-    print(training_table(runs))
-    print()
-    print(breakdown_table(runs))
-    print()
-    print(generation_table(generation))
-    print()
-    first = {name: [round(r.losses[0], 5) for r in side] for name, side in runs.items()}
-    print(f"first-step losses (same start weights; same samples unless grouped): {first}")
-    print(f"recipe {path}, stage {stage}; {time.perf_counter() - started:.0f} s in all")
+    shapes = {}
+    for shape in dict.fromkeys([*options.data, "mix"] if options.recipe is None else ["mix"]):
+        shapes[shape] = write_length_mix(
+            options.workdir / "data" / shape,
+            num_samples=options.samples,
+            image_size=TINY["image_size"],
+            shape=shape,
+        )
+    cells, figures = {}, {}
+    for shape, stage, template in _cells(options, path):
+        print(f"== {shape}, stage {stage} ==", flush=True)
+        recipes, runs, cache_build_s = _bench_cell(options, path, shapes[shape], stage, template)
+        cells[f"{shape} / {stage}"] = runs
+        figures[f"{shape} / {stage}"] = _figures(runs, [], cache_build_s)
+        last = recipes["baseline"]
+    generation = []
+    if options.gen_prompts:
+        recipe, stage = last
+        generation = _generation(options, recipe, stage, shapes["mix"])
+        print(generation_table(generation))
+        print()
+    print(goal_table(cells))
+    print(f"recipe {path}; {time.perf_counter() - started:.0f} s in all")
+    if options.cache_epochs and options.recipe is None:  # the built-in recipe's stage 1
+        print()
+        print(_cache_end_to_end(options, path, shapes.get("captions") or _captions(options)))
     if options.json:
-        figures = _figures(runs, generation, cache_build_s)
-        options.json.write_text(json.dumps(figures, indent=2) + "\n")
+        out = {"cells": figures, "generation": _figures({}, generation, {})["generation"]}
+        options.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+def _captions(options: BenchOptions):
+    from mllm.bench.data import write_length_mix
+
+    return write_length_mix(
+        options.workdir / "data" / "captions",
+        num_samples=options.samples,
+        image_size=TINY["image_size"],
+        shape="captions",
+    )

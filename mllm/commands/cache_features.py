@@ -43,17 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(exc, file=sys.stderr)
         return 2
-    stages = args.stage or [n for n, s in recipe.stages.items() if s.data.feature_cache]
+    stages = args.stage or [
+        n for n, s in recipe.stages.items() if s.data.feature_cache not in (None, "auto")
+    ]
     for name in stages:
         if name not in recipe.stages:
             print(
                 f"{args.recipe}: no stage {name!r}; stages: {list(recipe.stages)}", file=sys.stderr
             )
             return 2
-        if recipe.stages[name].data.feature_cache is None:
+        if recipe.stages[name].data.feature_cache in (None, "auto"):
             print(
-                f"{args.recipe}: stages.{name}.data.feature_cache is not set; set it in the "
-                f"recipe or as an override (stages.{name}.data.feature_cache=DIR)",
+                f"{args.recipe}: stages.{name}.data.feature_cache is "
+                f"{recipe.stages[name].data.feature_cache or 'null'}, not a folder (auto: "
+                "training builds its own cache when the stage sees its images more than "
+                f"once); set a folder in the recipe or as an override "
+                f"(stages.{name}.data.feature_cache=DIR)",
                 file=sys.stderr,
             )
             return 2

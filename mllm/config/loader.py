@@ -192,7 +192,7 @@ def anchor_paths(recipe: RecipeConfig) -> RecipeConfig:
             stage.data.image_folder = _anchor(stage.data.image_folder)
         if stage.zero_config:
             stage.zero_config = _anchor(stage.zero_config)
-        if stage.data.feature_cache:  # like output_dir: may not exist yet
+        if stage.data.feature_cache not in (None, "auto"):  # like output_dir: may not exist yet
             stage.data.feature_cache = str(Path(stage.data.feature_cache).resolve())
         if stage.init_from and not stage.init_from.startswith("stage:"):
             stage.init_from = _anchor(stage.init_from)

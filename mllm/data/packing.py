@@ -18,6 +18,18 @@ either way, so sampling, gradient accumulation and resuming are untouched.
 
 Images: the model scatters image features in row-major order of the batch, so
 ``pixel_values`` (or cached ``image_features``) lists each sample's images in packed order.
+
+How wide a row may be depends on the attention kernel. ``flash_attention_2`` computes each
+sample's attention only, so rows fill up to ``max_length``. ``sdpa`` and ``eager`` compute a
+row's attention over the whole row (masked), which grows with the square of its width: rows of
+1,000 tokens made of 80-token captions cost ~12x the attention of the captions padded, and on a
+small LLM that made packing slower than padding. For these kernels the collator is given the
+width at which a token's attention costs as much as its linear layers
+(``mllm.data.row_width.dense_attention_crossover``) and picks the row width that minimises
+the estimated step cost (``row_width.pack_width``); when that puts every sample in a row of
+its own, the batch *is* the padded batch and is returned as such (``attention_mask``, no
+``position_ids``), so packing never costs more than padding. ``row_width.choose_packing``
+makes the same estimate over a stage's whole data for ``packing: auto``.
 """
 
 from __future__ import annotations
@@ -28,8 +40,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mllm.data.collator import check_sample, image_inputs, separate_bad_records
+from mllm.data.collator import DataCollator, check_sample, image_inputs, separate_bad_records
 from mllm.data.dataset import BadRecord
+from mllm.data.row_width import pack_width
 from mllm.data.tokenize import IGNORE_INDEX
 
 
@@ -181,11 +194,15 @@ class PackingCollator:
     ``"skipped"``, as :class:`~mllm.data.collator.DataCollator` does.
     """
 
-    def __init__(self, pad_token_id: int, max_length: int) -> None:
+    def __init__(self, pad_token_id: int, max_length: int, crossover: float | None = None) -> None:
         """
         Args:
             pad_token_id: id written into the padding at the end of shorter rows.
             max_length: longest row; the dataset's ``max_length`` (no sample is longer).
+            crossover: for an attention kernel that computes whole rows (``sdpa``,
+                ``eager``), ``row_width.dense_attention_crossover`` of the LLM: rows are then
+                only as wide as pays (``row_width.pack_width``). None: rows of up to
+                ``max_length`` (``flash_attention_2``, whose cost is per sample).
 
         Raises:
             ValueError: for a missing pad id or a non-positive ``max_length``.
@@ -196,6 +213,8 @@ class PackingCollator:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.pad_token_id = pad_token_id
         self.max_length = max_length
+        self.crossover = crossover
+        self._padded = DataCollator(pad_token_id)
 
     def __call__(self, samples: Sequence[Mapping[str, torch.Tensor | None] | BadRecord]) -> dict:
         """
@@ -211,7 +230,9 @@ class PackingCollator:
             packed order or ``None`` (and ``image_features`` when the samples carry them, see
             :func:`~mllm.data.collator.image_inputs`), and ``num_tokens``: the sample tokens
             in the batch (a 0-d long tensor; not a model input). ``R`` is 0 when every sample
-            was dropped. When samples were dropped, also ``skipped``.
+            was dropped. When samples were dropped, also ``skipped``. When every sample gets
+            a row of its own, the padded batch instead (``DataCollator``: ``attention_mask``,
+            no ``position_ids``) with ``num_tokens``.
 
         Raises:
             ValueError: for an empty batch, mismatched ids/labels, a sample longer than
@@ -225,7 +246,10 @@ class PackingCollator:
 
     def _pack(self, samples: Sequence[Mapping[str, torch.Tensor | None]]) -> dict:
         lengths = [check_sample(index, sample) for index, sample in enumerate(samples)]
-        rows = plan_rows(lengths, self.max_length)
+        capacity = pack_width(lengths, self.max_length, self.crossover)
+        rows = plan_rows(lengths, capacity)
+        if len(rows) == len(samples) and samples:  # a row per sample: the padded batch
+            return {**self._padded(samples), "num_tokens": torch.tensor(sum(lengths))}
         width = max((sum(lengths[i] for i in row) for row in rows), default=0)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from mllm.models.anyres import image_token_count, tiles_per_image
+from mllm.models.modality_adaptive import is_modality_adaptive, modality_positions
 from mllm.models.projectors.base import Projector
 from mllm.models.vision.base import VisionTower
 
@@ -20,23 +27,48 @@ class ImageFeatureCountError(ValueError):
 class MultimodalModel(nn.Module):
     """A vision tower, a projector and a causal LM, composed under stable names.
 
-    The data pipeline expands every ``<image>`` into ``num_image_tokens`` copies of
-    ``image_token_id``; ``forward`` replaces those positions' embeddings with the projected
+    The data pipeline expands every ``<image>`` into ``image_token_count`` copies of
+    ``image_token_id`` (``num_image_tokens`` for a single-tile image; more for an anyres image,
+    depending on its size); ``forward`` replaces those positions' embeddings with the projected
     image features in one ``masked_scatter``, images taken in row-major order of the batch.
+    A modality-adaptive LLM (``mllm.models.modality_adaptive``) is told those positions with
+    every call (:meth:`modality_context`).
     """
 
     def __init__(
-        self, vision: VisionTower, projector: Projector, llm: PreTrainedModel, image_token_id: int
+        self,
+        vision: VisionTower,
+        projector: Projector,
+        llm: PreTrainedModel,
+        image_token_id: int,
+        patch_merge: str = "flat",
     ) -> None:
         super().__init__()
         self.vision = vision
         self.projector = projector
         self.llm = llm
         self.image_token_id = image_token_id
+        self.modality_adaptive = is_modality_adaptive(llm)
+        #: ``flat`` or ``spatial_unpad`` (``mllm.models.anyres``); the latter's newline is
+        #: ``projector.patch_merge``.
+        self.patch_merge = patch_merge
+        if (patch_merge == "spatial_unpad") != (projector.patch_merge is not None):
+            raise ValueError(
+                f"{patch_merge} merge but projector.patch_merge is {projector.patch_merge}"
+            )
 
     @property
     def num_image_tokens(self) -> int:
-        return self.projector.num_output_tokens
+        """Tokens of an image given as one tile (not anyres): the projector's, and a newline
+        under ``spatial_unpad``."""
+        return image_token_count(self.patch_merge, self.projector.num_output_tokens)
+
+    def image_token_count(
+        self, size: tuple[int, int] | None = None, grid: tuple[int, int] | None = None
+    ) -> int:
+        """Tokens of one image: of original ``size`` (height, width) tiled in a ``grid`` of
+        ``(rows, cols)`` (anyres), or a single tile when both are None."""
+        return image_token_count(self.patch_merge, self.projector.num_output_tokens, size, grid)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -54,6 +86,13 @@ class MultimodalModel(nn.Module):
             features = self.vision(pixel_values.to(tower_dtype))
         return self.project_features(features)
 
+    def modality_context(self, input_ids: torch.Tensor) -> AbstractContextManager:
+        """A block for LLM calls (forward or ``generate``) on these ``input_ids`` [batch, seq]:
+        a modality-adaptive LLM learns in it which positions are image tokens; else a no-op."""
+        if not self.modality_adaptive:
+            return nullcontext()
+        return modality_positions(self.llm, input_ids == self.image_token_id)
+
     def project_features(self, features: torch.Tensor) -> torch.Tensor:
         """Tower features [num_images, num_patches, vision_hidden] (computed now or read from a
         feature cache) -> [num_images, num_image_tokens, llm_hidden]."""
@@ -65,20 +104,48 @@ class MultimodalModel(nn.Module):
         """Whether ZeRO-3 partitions the image path's weights (their gathers are collective)."""
         return hasattr(next(self.projector.parameters()), "ds_id")
 
+    def merge_tiles(
+        self,
+        features: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Projected tile features [num_tiles, tokens, hidden] -> the images' token features
+        [sum of image_token_count, hidden], images in order (``mllm.models.anyres``).
+
+        Raises:
+            ImageFeatureCountError: the tiles differ in number from what ``image_grids`` says.
+        """
+        num_images = features.shape[0] if image_grids is None else image_grids.shape[0]
+        num_tiles = sum(tiles_per_image(image_grids, num_images))
+        if num_tiles != features.shape[0]:
+            raise ImageFeatureCountError(
+                f"{features.shape[0]} image tiles but the {num_images} image grids need {num_tiles}"
+            )
+        if self.projector.patch_merge is not None:
+            return self.projector.patch_merge(features, image_sizes, image_grids)
+        return features.reshape(-1, features.shape[-1])  # flat: tile after tile
+
     def embed(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings with image features written at the placeholder positions.
 
         Args:
-            input_ids: [batch, seq] with ``num_image_tokens`` placeholder ids per image.
-            pixel_values: [num_images, 3, H, W] in the order the images appear, or None.
+            input_ids: [batch, seq] with ``image_token_count`` placeholder ids per image.
+            pixel_values: [num_tiles, 3, H, W] in the order the images appear (one tile per
+                image, or an anyres image's base and grid tiles), or None. All tiles go
+                through the tower in one call.
             image_features: instead of ``pixel_values``, the frozen tower's output for them,
                 [num_images, num_patches, vision_hidden] (``mllm.data.feature_cache``); the
                 tower does not run. A batch from a cache without images brings [0, P, D].
+            image_sizes: anyres only: [num_images, 2] original ``(height, width)``.
+            image_grids: anyres only: [num_images, 2] ``(rows, cols)`` of grid tiles.
 
         Returns:
             [batch, seq, llm_hidden] input embeddings.
@@ -107,17 +174,20 @@ class MultimodalModel(nn.Module):
                 else:
                     size = self.vision.image_size
                     blank = self.encode_images(embeds.new_zeros(1, 3, size, size))
+                blank = self.merge_tiles(blank)  # a newline too: it trains with the projector
                 embeds = embeds + 0.0 * blank.sum().to(embeds.dtype)
             return embeds
         if image_features is not None:
-            features = self.project_features(image_features)  # [num_images, tokens, hidden]
+            features = self.project_features(image_features)  # [num_tiles, tokens, hidden]
         else:
-            features = self.encode_images(pixel_values)  # [num_images, tokens, hidden]
-        num_slots, num_features = int(is_image.sum()), features.shape[0] * features.shape[1]
+            features = self.encode_images(pixel_values)  # [num_tiles, tokens, hidden]
+        features = self.merge_tiles(features, image_sizes, image_grids)  # [image tokens, hidden]
+        num_slots, num_features = int(is_image.sum()), features.shape[0]
         if num_slots != num_features:
+            num_images = images.shape[0] if image_grids is None else image_grids.shape[0]
             raise ImageFeatureCountError(
-                f"{num_slots} image placeholder tokens but {features.shape[0]} images x "
-                f"{features.shape[1]} tokens = {num_features} features"
+                f"{num_slots} image placeholder tokens but {num_images} images give "
+                f"{num_features} features"
             )
         return embeds.masked_scatter(is_image.unsqueeze(-1), features.to(embeds.dtype))
 
@@ -129,12 +199,15 @@ class MultimodalModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
         **llm_kwargs,
     ) -> CausalLMOutputWithPast:
         """Loss (when ``labels`` is given) and logits; extra arguments go to the LLM.
 
         Images come as ``pixel_values`` or, from a feature cache, as the frozen tower's
-        ``image_features`` (see :meth:`embed`).
+        ``image_features``; anyres images bring ``image_sizes`` and ``image_grids`` (see
+        :meth:`embed`).
 
         A packed batch (``mllm.data.packing``) gives ``position_ids`` [batch, seq] that restart
         at 0 for every sample and no ``attention_mask``; transformers confines attention to
@@ -142,8 +215,17 @@ class MultimodalModel(nn.Module):
         FlashAttention-2 reads sample boundaries from a single row only (several rows would
         silently attend across samples), so its packed rows are joined into one; logits come
         back as [batch, seq, vocab] all the same.
+
+        In training mode with ``labels``, the output head runs only at the positions that
+        predict a label in some row (``predicting_positions``): an alignment caption labels
+        ~15 of its ~80 tokens, and on the benchmark's small LLM the head's matmul and
+        log-softmax over the vocabulary were a large share of a stage-1 step
+        (docs/benchmarks.md). The loss is the same mean over labelled tokens; ``logits`` are
+        then [batch, K, vocab], at those K positions only.
         """
-        inputs_embeds = self.embed(input_ids, pixel_values, image_features)
+        inputs_embeds = self.embed(
+            input_ids, pixel_values, image_features, image_sizes, image_grids
+        )
         packed = position_ids is not None and attention_mask is None
         if packed:
             llm_kwargs.setdefault("use_cache", False)
@@ -152,16 +234,30 @@ class MultimodalModel(nn.Module):
             inputs_embeds, position_ids, labels = join_packed_rows(
                 inputs_embeds, position_ids, labels
             )
-        output = self.llm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            **llm_kwargs,
-        )
-        if output.logits is not None and output.logits.shape[0] != rows:
+        keep = None
+        if labels is not None and self.training and self._keeps_logits:
+            keep = predicting_positions(labels)  # [K]
+            llm_kwargs["logits_to_keep"] = keep
+        # the modality mask of joined packed rows is joined the same way: [1, rows * width]
+        with self.modality_context(input_ids.reshape(inputs_embeds.shape[:2])):
+            output = self.llm(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels if keep is None else None,
+                **llm_kwargs,
+            )
+        if keep is not None:
+            output.loss = kept_logits_loss(output.logits, labels, keep)
+        elif output.logits is not None and output.logits.shape[0] != rows:
             output.logits = output.logits.reshape(rows, width, -1)
         return output
+
+    @functools.cached_property
+    def _keeps_logits(self) -> bool:
+        """Whether the LLM's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
     def component(self, name: str) -> nn.Module:
         if name not in COMPONENTS:
@@ -190,3 +286,32 @@ def join_packed_rows(
     hidden = inputs_embeds.shape[-1]
     joined_labels = None if labels is None else labels.reshape(1, -1)
     return inputs_embeds.reshape(1, -1, hidden), position_ids.reshape(1, -1), joined_labels
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose next token carries a label in any row: the only logits a loss reads.
+
+    Args:
+        labels: [rows, width], -100 where no token is predicted.
+
+    Returns:
+        [K] sorted positions ``t`` with ``labels[r, t + 1] != -100`` for some row ``r``.
+    """
+    return (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(-1)
+
+
+def kept_logits_loss(
+    logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """The causal LM loss (mean cross-entropy over labelled tokens, in fp32 as transformers
+    computes it) from logits at the positions ``keep`` only.
+
+    Args:
+        logits: [rows, K, vocab] at positions ``keep``.
+        labels: [rows, width].
+        keep: [K] from :func:`predicting_positions`.
+    """
+    targets = labels[:, keep + 1]  # [rows, K]: the token each kept position predicts
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
@@ -13,7 +15,7 @@ import torch.distributed as dist
 
 from mllm import checkpoint as ckpt
 from mllm.config.checks import STAGE_REFERENCE
-from mllm.config.schema import DataConfig, LoraConfig, RecipeConfig
+from mllm.config.schema import DataConfig, LoraConfig, RecipeConfig, StageConfig
 from mllm.data.dataset import ConversationDataset
 from mllm.data.feature_cache import (
     BUILD_BATCH_SIZE,
@@ -25,6 +27,7 @@ from mllm.data.feature_cache import (
 from mllm.models.lora import add_adapters, merge_adapters
 from mllm.models.multimodal import MultimodalModel
 from mllm.training.deepspeed_config import zero_stage
+from mllm.training.sampler import total_optimizer_steps
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +145,46 @@ def enable_gradient_checkpointing(model: MultimodalModel) -> None:
             )
 
 
+#: ``data.feature_cache`` value that lets the stage decide (:func:`feature_cache_wanted`).
+AUTO_CACHE = "auto"
+
+
+def feature_cache_wanted(stage: StageConfig, dataset: ConversationDataset) -> tuple[bool, str]:
+    """Whether a stage reads cached tower features, and why (a phrase for the log).
+
+    A folder in ``data.feature_cache`` is always used (the recipe asks); ``auto`` caches when
+    the tower is frozen and the stage's steps draw more samples than the data holds (more
+    than one epoch), since then every image would run through the tower again; null never.
+    """
+    setting = stage.data.feature_cache
+    if setting is None:
+        return False, "data.feature_cache is null"
+    if setting != AUTO_CACHE:
+        return True, "the recipe names a cache folder"
+    if stage.train.vision != "frozen":
+        return False, f"the vision tower trains ({stage.train.vision})"
+    if stage.data.image_aspect_ratio == "anyres":
+        return False, "anyres images are several tiles each, which the cache does not hold"
+    if not dataset.image_paths():
+        return False, "the data has no images"
+    steps = total_optimizer_steps(
+        len(dataset), stage.global_batch_size, stage.epochs, stage.max_steps
+    )
+    passes = steps * stage.global_batch_size / max(len(dataset), 1)
+    if passes <= 1:
+        return False, f"the stage passes over its data {passes:.2f} times"
+    return True, f"the tower is frozen and the stage passes over its data {passes:.2f} times"
+
+
+def _auto_cache_folder(root: Path, fingerprint: dict, dataset: ConversationDataset) -> Path:
+    """``root/DIGEST``: a folder per tower, preprocessing and image set, so another tower or
+    other data gets a folder of its own instead of an error."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(json.dumps(fingerprint, sort_keys=True).encode())
+    digest.update("\n".join(dataset.image_paths()).encode())
+    return root / digest.hexdigest()
+
+
 def attach_feature_cache(
     dataset: ConversationDataset,
     data: DataConfig,
@@ -149,9 +192,12 @@ def attach_feature_cache(
     key: str,
     *,
     batch_size: int = BUILD_BATCH_SIZE,
+    auto_root: Path | None = None,
 ) -> FeatureCache | None:
     """Make ``dataset`` yield cached ``image_features`` when ``data.feature_cache`` is set
-    (``mllm.data.feature_cache``); a no-op returning None when it is not.
+    (``mllm.data.feature_cache``); a no-op returning None when it is not. ``auto`` means a
+    folder under ``auto_root`` named by a digest of the fingerprint and the images (the
+    caller decides whether to cache, :func:`feature_cache_wanted`).
 
     Builds the cache when its folder does not exist yet, on rank 0 while the other ranks wait,
     then opens it on every rank, checked against this tower and preprocessing and against the
@@ -165,6 +211,7 @@ def attach_feature_cache(
         model: the model with the stage's tower weights loaded; its tower must be frozen.
         key: the recipe key of the folder, for messages (``stages.S.data.feature_cache``).
         batch_size: images per tower call when building.
+        auto_root: where ``auto`` caches go (``OUTPUT_DIR/feature_cache/STAGE``).
 
     Returns:
         The opened cache, also set as ``dataset.feature_cache``.
@@ -177,12 +224,17 @@ def attach_feature_cache(
     tower = model.vision
     if any(p.requires_grad for p in tower.parameters()):
         raise FeatureCacheError(f"{key}: the vision tower trains; its features change each step")
-    folder = Path(data.feature_cache)
     processor = dataset.image_processor
     if processor is None:  # a text-only dataset: fingerprint the tower's own processor
         processor = tower.image_processor
     with ckpt.gathered_parameters(list(tower.parameters())):
         fingerprint = feature_fingerprint(tower, processor, dataset.image_mode)
+        if data.feature_cache == AUTO_CACHE:
+            if auto_root is None:
+                raise ValueError(f"{key} is {AUTO_CACHE!r}: give auto_root")
+            folder = _auto_cache_folder(auto_root, fingerprint, dataset)
+        else:
+            folder = Path(data.feature_cache)
         failure: BaseException | None = None
         if (dist.get_rank() if dist.is_initialized() else 0) == 0 and not folder.exists():
             started = time.perf_counter()

@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 from training_utils import REPO, make_workspace, run_train, tiny_recipe, write_recipe
 
 from mllm.checkpoint import CheckpointError, load_mllm_checkpoint, read_manifest
-from mllm.config import validate_recipe
+from mllm.config import RecipeError, validate_recipe
+from mllm.config.schema import LastBlocks
 from mllm.data.recipe_templates import special_tokens_for
+from mllm.errors import UsageError
 from mllm.models import build_model
 from mllm.training.metrics import read_metrics
 from mllm.training.setup import enable_gradient_checkpointing, resolve_init_from
@@ -68,6 +70,57 @@ def test_projector_lr_gets_its_own_group(ws, tmp_path):
         assert group["lr"] == (1e-3 if in_projector.pop() else 2e-5)
 
 
+def _last_block_recipe(ws, tmp_path, **optim):
+    # feature_layer -1: the tower's last block feeds the features (with -2 it gets no gradient).
+    raw = tiny_recipe(
+        ws,
+        tmp_path,
+        instruct={
+            "train": {"vision": {"mode": "full", "last_blocks": 1}},
+            "optim": {"lr": 2e-5, **optim},
+        },
+    )
+    raw["model"]["vision"]["feature_layer"] = -1
+    return validate_recipe(raw, "test")
+
+
+def test_vision_last_blocks_train_alone_at_vision_lr(ws, tmp_path):
+    recipe = _last_block_recipe(ws, tmp_path, vision_lr=1e-4)
+    stage = recipe.stages["instruct"]
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    model = built.model
+    table = apply_stage(model, stage.train)
+    layers = model.vision.encoder.encoder.layers
+    last = {f"vision.encoder.encoder.layers.{len(layers) - 1}.{n}" for n, _ in layers[-1].named_parameters()}  # fmt: skip
+    trainable = {
+        n for n, p in model.named_parameters() if p.requires_grad and n.startswith("vision.")
+    }
+    assert trainable == last and len(layers) > 1
+    assert table["vision"][0] == sum(p.numel() for p in layers[-1].parameters())
+    assert layers[-1].training and not layers[0].training and not model.vision.encoder.training
+    n = model.num_image_tokens
+    ids = torch.tensor([[1] + [model.image_token_id] * n + [5, 6, 7, 2]])
+    model(input_ids=ids, labels=ids, pixel_values=torch.randn(1, 3, 32, 32)).loss.backward()
+    assert _grad_owners(model)["vision"] == last
+    lrs = {id(p): g["lr"] for g in parameter_groups(model, stage.optim) for p in g["params"]}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert lrs[id(param)] == (1e-4 if name.startswith("vision.") else 2e-5), name
+
+
+def test_vision_last_blocks_errors(ws, tmp_path):
+    recipe = _last_block_recipe(ws, tmp_path)
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    too_many = recipe.stages["instruct"].train.model_copy(
+        update={"vision": LastBlocks(last_blocks=99)}
+    )
+    with pytest.raises(UsageError, match=r"stages.instruct.train.vision.last_blocks: 99, but the vision tower has 2 blocks"):  # fmt: skip
+        apply_stage(built.model, too_many, key="stages.instruct.frozen_modules")
+    raw = tiny_recipe(ws, tmp_path, align={"optim": {"vision_lr": 1e-4}})
+    with pytest.raises(RecipeError, match=r"stages.align.optim.vision_lr.*vision is frozen"):
+        validate_recipe(raw, "test")
+
+
 def test_missing_init_from_fails_before_training(ws, tmp_path):
     recipe = validate_recipe(tiny_recipe(ws, tmp_path), "test")
     with pytest.raises(
@@ -77,20 +130,33 @@ def test_missing_init_from_fails_before_training(ws, tmp_path):
 
 
 def test_two_stages_single_process_then_resume_matches(ws, tmp_path):
-    # Stage 2 keeps the projector frozen: its output must hold stage 1's projector exactly.
+    # Stage 1 trains the projector and the tower's last block (ShareGPT4V's partial tower);
+    # stage 2 keeps both frozen: its output must hold stage 1's exactly.
     raw = tiny_recipe(
         ws,
         tmp_path / "run",
-        align={"max_steps": 6, "save_every": 3, "log_every": 1},
+        align={
+            "max_steps": 6,
+            "save_every": 3,
+            "log_every": 1,
+            "train": {"vision": {"mode": "full", "last_blocks": 1}},
+            "optim": {"vision_lr": 1e-3},
+        },
         instruct={"train": {"projector": "frozen"}, "max_steps": 2},
     )
+    raw["model"]["vision"]["feature_layer"] = -1
     recipe_path = write_recipe(tmp_path / "recipe.yaml", raw)
     run_train([str(recipe_path)])
     align_dir, instruct_dir = tmp_path / "run/align", tmp_path / "run/instruct"
     align_final = load_file(align_dir / "final/model.safetensors")
-    assert set(k.split(".")[0] for k in align_final) == {"projector"}  # only what stage 1 trained
+    assert set(k.split(".")[0] for k in align_final) == {"projector", "vision"}  # what trained
     instruct_final = load_file(instruct_dir / "final/model.safetensors")
-    assert set(k.split(".")[0] for k in instruct_final) == {"projector", "llm"}
+    assert set(k.split(".")[0] for k in instruct_final) == {"projector", "vision", "llm"}
+    pretrained = load_file(ws["clip"] / "model.safetensors")
+    for name, tensor in align_final.items():
+        if name.startswith("vision."):  # only the last block moved
+            moved = not torch.equal(tensor, pretrained[name.removeprefix("vision.encoder.")])
+            assert moved == name.startswith("vision.encoder.encoder.layers.1."), name
     for name, tensor in align_final.items():
         torch.testing.assert_close(instruct_final[name], tensor, rtol=0, atol=0)
     manifest = read_manifest(instruct_dir / "final")
@@ -174,7 +240,12 @@ def test_two_process_zero_checkpoint_loads_in_one_process(ws, tmp_path, zero, la
         "save_every": 2,
         "micro_batch_size": 1,
     }
-    raw = tiny_recipe(ws, tmp_path / "run", align=stage_settings, instruct=stage_settings)
+    # Stage 2 also trains the tower's last block: a partial tower under ZeRO.
+    partial_tower = {"train": {"vision": {"mode": "full", "last_blocks": 1}}}
+    raw = tiny_recipe(
+        ws, tmp_path / "run", align=stage_settings, instruct={**stage_settings, **partial_tower}
+    )
+    raw["model"]["vision"]["feature_layer"] = -1
     recipe_path = write_recipe(tmp_path / "recipe.yaml", raw)
     run_train([str(recipe_path)], nproc=2, launcher=launcher)
     for stage in ("align", "instruct"):
@@ -184,6 +255,8 @@ def test_two_process_zero_checkpoint_loads_in_one_process(ws, tmp_path, zero, la
         # DeepSpeed's own consolidation of the fp32 master weights equals what we gathered.
         trained = {k: v for k, v in ours.items() if k in reference}
         assert trained and set(reference) <= set(ours)
+        if stage == "instruct":
+            assert any(k.startswith("vision.encoder.encoder.layers.1.") for k in reference)
         for name, tensor in trained.items():
             torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
     # The final stage output loads in one process without DeepSpeed and runs.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mllm.config.schema import ADAPTER_MODES, RecipeConfig
+from mllm.config.schema import ADAPTER_MODES, DataConfig, RecipeConfig
 
 #: DeepSpeed keys the toolkit fills in from the recipe; a ZeRO file setting them would conflict.
 RECIPE_OWNED_DS_KEYS = (
@@ -29,6 +29,7 @@ STAGE_REFERENCE = "stage:"
 
 def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tuple[str, str]]:
     from mllm.data.templates import TEMPLATES
+    from mllm.data.tokenizer_template import TOKENIZER_TEMPLATE
     from mllm.models.families import FAMILIES
 
     problems: list[tuple[str, str]] = []
@@ -47,21 +48,46 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                 )
             )
         template = stage.data.template or (family.template if family else None)
-        if template is not None and template not in TEMPLATES:
+        if template is not None and template not in TEMPLATES and template != TOKENIZER_TEMPLATE:
+            choices = [*TEMPLATES.names(), TOKENIZER_TEMPLATE]
+            problems.append(
+                (f"{key}.data.template", f"unknown template {template!r}; choose one of {choices}")
+            )
+        if (
+            family is not None
+            and not family.lora_target_modules
+            and stage.train.llm in ADAPTER_MODES
+            and (stage.lora is None or stage.lora.target_modules is None)
+        ):
             problems.append(
                 (
-                    f"{key}.data.template",
-                    f"unknown template {template!r}; choose one of {TEMPLATES.names()}",
+                    f"{key}.lora.target_modules",
+                    f"family {family.name!r} has no default LoRA targets; list the LLM's "
+                    "linear layer names (e.g. [q_proj, k_proj, v_proj, o_proj])",
                 )
             )
-        if all(mode == "frozen" for mode in stage.train.model_dump().values()):
+        if stage.train.llm == "visual" and not recipe.model.llm.modality_adaptive:
+            problems.append(
+                (
+                    f"{key}.train.llm",
+                    "visual trains the LLM's visual copies, which only a modality-adaptive LLM "
+                    "has; set model.llm.modality_adaptive: true",
+                )
+            )
+        if all(mode == "frozen" for mode in stage.train.modes().values()):
             problems.append(
                 (f"{key}.train", "every component is frozen: the stage would train nothing")
             )
-        if stage.optim.projector_lr is not None and stage.train.projector == "frozen":
-            problems.append(
-                (f"{key}.optim.projector_lr", "set, but the projector is frozen in this stage")
-            )
+        for component in ("projector", "vision"):
+            if getattr(stage.optim, f"{component}_lr") is not None and (
+                stage.train.mode(component) == "frozen"
+            ):
+                problems.append(
+                    (
+                        f"{key}.optim.{component}_lr",
+                        f"set, but the {component} is frozen in this stage",
+                    )
+                )
         if stage.init_from and stage.init_from.startswith(STAGE_REFERENCE):
             source = stage.init_from[len(STAGE_REFERENCE) :]
             if source not in stage_names[:index]:
@@ -79,15 +105,16 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
                     "ids, which remote-code models may ignore; turn it off for this LLM",
                 )
             )
-        if stage.data.feature_cache is not None and stage.train.vision != "frozen":
+        if stage.data.feature_cache not in (None, "auto") and stage.train.vision != "frozen":
             problems.append(
                 (
                     f"{key}.data.feature_cache",
                     f"set, but the vision tower trains in this stage (train.vision: "
-                    f"{stage.train.vision}), so cached features would be stale after the first "
+                    f"{stage.train.label('vision')}), so cached features would be stale after the first "
                     "step; freeze the tower or remove feature_cache",
                 )
             )
+        problems.extend(_check_anyres(stage.data, f"{key}.data"))
         problems.extend(_check_frozen_modules(recipe, name))
         problems.extend(_check_adapters(recipe, name, index))
         problems.extend(_check_validation(recipe, name))
@@ -103,13 +130,41 @@ def check_recipe(recipe: RecipeConfig, *, check_files: bool = True) -> list[tupl
     return problems
 
 
+def _check_anyres(data: DataConfig, key: str) -> list[tuple[str, str]]:
+    """``anyres`` needs grid resolutions, and only ``anyres`` reads them; its tiles are not
+    feature-cached (a cache holds one tile per image)."""
+    anyres = data.image_aspect_ratio == "anyres"
+    if anyres and not data.image_grid_pinpoints:
+        return [(f"{key}.image_grid_pinpoints", "image_aspect_ratio anyres needs grid resolutions")]
+    if not anyres and data.image_grid_pinpoints:
+        return [
+            (
+                f"{key}.image_grid_pinpoints",
+                f"set, but image_aspect_ratio is {data.image_aspect_ratio!r}; they are read "
+                "only by anyres",
+            )
+        ]
+    bad = [p for p in data.image_grid_pinpoints or () if min(p) < 1]
+    if bad:
+        return [(f"{key}.image_grid_pinpoints", f"resolutions must be positive, got {bad}")]
+    if anyres and data.feature_cache not in (None, "auto"):
+        return [
+            (
+                f"{key}.feature_cache",
+                "anyres images are several tiles each, which the feature cache does not hold; "
+                "remove feature_cache (auto skips the cache for anyres)",
+            )
+        ]
+    return []
+
+
 def _check_frozen_modules(recipe: RecipeConfig, name: str) -> list[tuple[str, str]]:
     """Each frozen module sits inside a component the stage trains (else it is frozen anyway).
 
     Whether the path exists is checked on the built model (``apply_stage``).
     """
     stage = recipe.stages[name]
-    modes = stage.train.model_dump()
+    modes = stage.train.modes()
     problems: list[tuple[str, str]] = []
     for i, path in enumerate(stage.frozen_modules):
         key = f"stages.{name}.frozen_modules.{i}"
@@ -135,7 +190,7 @@ def _check_adapters(recipe: RecipeConfig, name: str, index: int) -> list[tuple[s
     """LoRA/QLoRA rules of one stage: where adapters may go and what a 4-bit base allows."""
     stage, key = recipe.stages[name], f"stages.{name}"
     problems: list[tuple[str, str]] = []
-    modes = stage.train.model_dump()
+    modes = stage.train.modes()
     if modes["projector"] in ADAPTER_MODES:
         problems.append(
             (

@@ -75,6 +75,12 @@ class LLMConfig(StrictModel):
         "the next one available",
     )
     trust_remote_code: bool = False
+    modality_adaptive: bool = Field(
+        default=False,
+        description="mPLUG-Owl2's modality-adaptive module: image tokens get their own copies "
+        "of each decoder layer's two norms and K/V projections, initialised from the text "
+        "weights; Q, O and the MLP stay shared (mllm.models.modality_adaptive)",
+    )
 
 
 class ModelConfig(StrictModel):
@@ -82,6 +88,12 @@ class ModelConfig(StrictModel):
     projector: SerializeAsAny[ProjectorConfig]
     llm: LLMConfig
     image_token: str = Field(default="<image>", description="marker in data; one special token")
+    mm_patch_merge_type: Literal["flat", "spatial_unpad"] = Field(
+        default="flat",
+        description="how an image's tiles become tokens: flat: each tile's tokens in turn; "
+        "spatial_unpad (LLaVA-NeXT): the anyres grid stitched, cut to the image's aspect "
+        "ratio, with a learned image_newline after each row (mllm.models.anyres)",
+    )
 
 
 class DataConfig(StrictModel):
@@ -89,22 +101,35 @@ class DataConfig(StrictModel):
         description="LLaVA-format .json or .jsonl file(s)"
     )
     image_folder: str | None = Field(default=None, description="image paths are relative to it")
-    template: str | None = Field(default=None, description="defaults to the LLM family's template")
-    image_aspect_ratio: Literal["pad", "crop", "resize"] = Field(
+    template: str | None = Field(
+        default=None,
+        description="a registered template, or 'tokenizer' for the tokenizer's own chat "
+        "template; defaults to the LLM family's template",
+    )
+    image_aspect_ratio: Literal["pad", "crop", "resize", "anyres"] = Field(
         default="pad",
         description="pad: square with the mean colour (LLaVA-1.5); crop: the processor's "
-        "resize+center-crop; resize: stretch to the tower's size",
+        "resize+center-crop; resize: stretch to the tower's size; anyres: LLaVA-NeXT's tiles "
+        "of the best of image_grid_pinpoints plus the whole image (mllm.data.anyres)",
+    )
+    image_grid_pinpoints: list[tuple[int, int]] | None = Field(
+        default=None,
+        description="anyres only: the (height, width) resolutions an image may be tiled at, "
+        "each a multiple of the tower's image size (LLaVA-NeXT at 336: [[336, 672], "
+        "[672, 336], [672, 672], [1008, 336], [336, 1008]])",
     )
     max_length: int = Field(default=2048, gt=0)
     num_workers: int = Field(
         default=0, ge=0, description="DataLoader processes that read and preprocess images"
     )
-    packing: bool = Field(
+    packing: bool | Literal["auto"] = Field(
         default=False,
         description="concatenate each micro-batch's samples into rows of up to max_length, "
         "attention confined to each sample; same loss, almost no padding. flash_attention_2 "
-        "computes each sample's attention only; sdpa/eager mask a row's attention, still "
-        "computed over the whole row (see docs/benchmarks.md)",
+        "computes each sample's attention only; sdpa/eager compute a row's attention over the "
+        "whole row, so their rows are only as wide as the estimated cost allows (a row per "
+        "sample is the padded batch). auto: pack when the data's lengths make packed batches "
+        "estimated >= 5% cheaper; the choice and why are logged (see docs/benchmarks.md)",
     )
     group_by: Literal["none", "modality_length"] = Field(
         default="none",
@@ -112,10 +137,12 @@ class DataConfig(StrictModel):
         "similar lengths (LLaVA's group_by_modality_length)",
     )
     feature_cache: str | None = Field(
-        default=None,
+        default="auto",
         description="folder of the frozen vision tower's features per image "
         "(mllm.data.feature_cache): built on first use (or by `mllm cache-features`), then "
-        "read instead of running the tower; only for stages whose tower is frozen",
+        "read instead of running the tower; only for stages whose tower is frozen. auto: "
+        "cache when the tower is frozen and the stage sees its images more than once (over "
+        "one epoch), in OUTPUT_DIR/feature_cache/STAGE-DIGEST; null: never",
     )
     on_bad_record: Literal["fail", "skip"] = Field(
         default="fail",
@@ -124,12 +151,46 @@ class DataConfig(StrictModel):
     )
 
 
+class LastBlocks(StrictModel):
+    """Train only the last ``last_blocks`` transformer blocks of the vision tower, at
+    ``optim.vision_lr``; its embeddings, earlier blocks and final norm stay frozen (ShareGPT4V
+    tunes the latter half of CLIP ViT-L's 24 blocks on its dense captions)."""
+
+    mode: Literal["full"] = "full"
+    last_blocks: int = Field(gt=0, description="blocks counted from the tower's last")
+
+
 class TrainConfig(StrictModel):
     """How each component is tuned in a stage."""
 
-    vision: TuneMode = "frozen"
+    vision: TuneMode | LastBlocks = Field(
+        default="frozen", description="a tune mode, or {mode: full, last_blocks: N}"
+    )
     projector: TuneMode = "full"
-    llm: TuneMode = "frozen"
+    llm: TuneMode | Literal["visual"] = Field(
+        default="frozen",
+        description="a tune mode, or visual: only the visual copies of a modality-adaptive "
+        "LLM train (mPLUG-Owl2's stage 1), the rest of it frozen",
+    )
+
+    def mode(self, component: str) -> TuneMode:
+        """The tune mode of ``component`` (``full`` for a tower that trains its last blocks, and
+        for an LLM whose visual copies train)."""
+        setting = getattr(self, component)
+        if isinstance(setting, LastBlocks):
+            return setting.mode
+        return "full" if setting == "visual" else setting
+
+    def modes(self) -> dict[str, TuneMode]:
+        """``{component: tune mode}`` for every component."""
+        return {name: self.mode(name) for name in type(self).model_fields}
+
+    def label(self, component: str) -> str:
+        """How logs and errors show ``component``'s setting: ``full``, ``last 12 blocks``."""
+        setting = getattr(self, component)
+        if setting == "visual":
+            return "visual copies"
+        return f"last {setting.last_blocks} blocks" if isinstance(setting, LastBlocks) else setting
 
 
 class LoraConfig(StrictModel):
@@ -150,6 +211,9 @@ class LoraConfig(StrictModel):
 class OptimConfig(StrictModel):
     lr: float = Field(gt=0)
     projector_lr: float | None = Field(default=None, gt=0, description="defaults to lr")
+    vision_lr: float | None = Field(
+        default=None, gt=0, description="the vision tower's, when it trains; defaults to lr"
+    )
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -227,6 +291,13 @@ class StageConfig(StrictModel):
     precision: Precision = "bf16"
     zero_config: str | None = Field(default=None, description="DeepSpeed JSON with ZeRO settings")
     gradient_checkpointing: bool = False
+    compile: bool = Field(
+        default=False,
+        description="compile each LLM decoder layer and each vision-tower block with "
+        "torch.compile, one block at a time, for any batch and sequence size (packing); the "
+        "first steps pay the compile, later steps may be faster; docs/benchmarks.md says when "
+        "it pays (mllm.models.compile)",
+    )
     save_every: int | None = Field(default=None, gt=0, description="resumable checkpoint period")
     keep_checkpoints: int = Field(default=2, gt=0, description="periodic checkpoints kept")
     log_every: int = Field(default=1, gt=0)

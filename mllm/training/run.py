@@ -2,6 +2,7 @@
 ``mllm cache-features`` share.
 
     recipe ──> model (ZeRO-3: loaded partitioned) ──> start point (init_from) ──> tune modes
+           ──> activation checkpointing, compiled blocks (stages.S.compile)
            ──> training and held-out data (feature cache) ──> Trainer ──> train ──> STAGE/final
 
 :func:`set_up_stage` does everything before the optimizer exists; :func:`stage_trainer` adds
@@ -20,15 +21,18 @@ from mllm.config.schema import StageConfig
 from mllm.data.dataset import ConversationDataset
 from mllm.data.feature_cache import BUILD_BATCH_SIZE
 from mllm.data.recipe_templates import special_tokens_for, stage_template
-from mllm.data.stage_data import build_collator, build_stage_datasets
+from mllm.data.stage_data import build_stage_datasets, stage_collator
 from mllm.models.assembly import DTYPES, BuiltModel, build_model
+from mllm.models.compile import compile_regions
 from mllm.models.lora import lora_settings
 from mllm.training.deepspeed_config import build_deepspeed_config
 from mllm.training.distributed import Runtime
 from mllm.training.setup import (
+    AUTO_CACHE,
     attach_feature_cache,
     completed_output,
     enable_gradient_checkpointing,
+    feature_cache_wanted,
     load_start_point,
     register_zero3_loading,
     resolve_init_from,
@@ -70,7 +74,7 @@ class StageSetup:
     @property
     def saved_components(self) -> list[str]:
         """Components the stage's outputs hold: trained now, or by the start point."""
-        trained = [c for c, mode in self.stage.train.model_dump().items() if mode != "frozen"]
+        trained = [c for c, mode in self.stage.train.modes().items() if mode != "frozen"]
         return saved_components(self.init_folder, trained)
 
 
@@ -88,7 +92,9 @@ def set_up_stage(
 
     Args:
         ds_config: the stage's DeepSpeed config; under ZeRO-3 the model loads partitioned.
-        feature_cache: open (building if needed) ``data.feature_cache`` when the stage sets one.
+        feature_cache: open (building if needed) the stage's feature cache when
+            ``data.feature_cache`` names a folder, or is ``auto`` and the tower is frozen
+            and the stage passes over its data more than once (``feature_cache_wanted``).
         cache_batch_size: images per tower call when the cache is built.
 
     Raises:
@@ -113,16 +119,25 @@ def set_up_stage(
     )
     if stage.gradient_checkpointing:
         enable_gradient_checkpointing(built.model)
+    if stage.compile:  # last: the blocks it compiles hold their adapters and checkpointing
+        compile_regions(built.model)
     template = stage_template(recipe, stage)
     dataset, held_out = build_stage_datasets(stage, built, template, recipe.seed)
-    if feature_cache:
+    key = f"stages.{name}.data.feature_cache"
+    wanted, reason = feature_cache_wanted(stage, dataset)
+    if feature_cache and wanted:
+        if stage.data.feature_cache == AUTO_CACHE:
+            logger.info("%s: auto -> cached: %s", key, reason)
         attach_feature_cache(
             dataset,
             stage.data,
             built.model,
-            f"stages.{name}.data.feature_cache",
+            key,
             batch_size=cache_batch_size,
+            auto_root=Path(recipe.output_dir) / "feature_cache" / name,
         )
+    elif feature_cache and stage.data.feature_cache == AUTO_CACHE:
+        logger.info("%s: auto -> the tower runs: %s", key, reason)
     return StageSetup(
         recipe, name, built, template, init_folder, dataset, held_out, ds_config, zero3_loading
     )
@@ -151,7 +166,9 @@ def stage_trainer(
         stage_name=setup.name,
         built=setup.built,
         dataset=setup.dataset,
-        collator=build_collator(stage.data, setup.built.tokenizer.pad_token_id),
+        collator=stage_collator(
+            stage, setup.built, setup.dataset.lengths, f"stages.{setup.name}.data.packing"
+        ),
         ds_config=ds_config,
         runtime=runtime,
         saved_components=setup.saved_components,

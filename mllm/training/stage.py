@@ -13,9 +13,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mllm.config.schema import ADAPTER_MODES, LoraConfig, OptimConfig, TrainConfig
+from mllm.config.schema import ADAPTER_MODES, LastBlocks, LoraConfig, OptimConfig, TrainConfig
 from mllm.errors import UsageError
+from mllm.models.compile import repeated_blocks
 from mllm.models.lora import ADAPTER_MARK, add_adapters, is_adapted
+from mllm.models.modality_adaptive import train_visual_copies
 from mllm.models.multimodal import COMPONENTS, MultimodalModel
 
 logger = logging.getLogger(__name__)
@@ -65,12 +67,18 @@ def apply_stage(
     # Paths are those of the model that trains (an adapted LLM sits under llm.base_model.model).
     frozen = resolve_frozen_modules(model, frozen_modules, key)
     for name in COMPONENTS:
-        mode = getattr(train, name)
+        mode = train.mode(name)
         module = model.component(name)
         module.requires_grad_(mode == "full")
         if mode in ADAPTER_MODES:
             for param_name, param in module.named_parameters():
                 param.requires_grad_(ADAPTER_MARK in param_name)
+    if isinstance(train.vision, LastBlocks):
+        model.component("vision").requires_grad_(False)
+        for block in trained_tower_blocks(model, train.vision, key):
+            block.requires_grad_(True)
+    if train.llm == "visual":  # mPLUG-Owl2's stage 1: only the LLM's visual copies train
+        train_visual_copies(model.llm, key=f"{key.rpartition('.')[0]}.train.llm")
     for module in frozen:
         module.requires_grad_(False)
     table: dict[str, tuple[int, int]] = {}
@@ -99,9 +107,30 @@ def set_modes(
     trainer calls it again whenever the engine has switched the whole model (after validation,
     at the start)."""
     for name in COMPONENTS:
-        model.component(name).train(getattr(train, name) != "frozen")
+        model.component(name).train(train.mode(name) != "frozen")
+    if isinstance(train.vision, LastBlocks):
+        model.component("vision").eval()
+        for block in trained_tower_blocks(model, train.vision, key):
+            block.train()
     for module in resolve_frozen_modules(model, frozen_modules, key):
         module.eval()
+
+
+def trained_tower_blocks(
+    model: MultimodalModel, setting: LastBlocks, key: str = FROZEN_MODULES_KEY
+) -> list[nn.Module]:
+    """The tower's last ``setting.last_blocks`` transformer blocks.
+
+    Raises:
+        UsageError: the tower has fewer blocks than asked for.
+    """
+    blocks = repeated_blocks(model.component("vision"))
+    if setting.last_blocks > len(blocks):
+        where = key.rsplit(".", 1)[0] + ".train.vision.last_blocks"
+        raise UsageError(
+            f"{where}: {setting.last_blocks}, but the vision tower has {len(blocks)} blocks"
+        )
+    return blocks[len(blocks) - setting.last_blocks :]
 
 
 def resolve_frozen_modules(
@@ -136,30 +165,29 @@ def resolve_frozen_modules(
 
 
 def format_parameter_table(train: TrainConfig, table: dict[str, tuple[int, int]]) -> str:
-    lines = [f"{'component':<10} {'mode':<7} {'trainable':>14} {'total':>14}"]
+    lines = [f"{'component':<10} {'mode':<14} {'trainable':>14} {'total':>14}"]
     for name, (trainable, total) in table.items():
-        lines.append(f"{name:<10} {getattr(train, name):<7} {trainable:>14,} {total:>14,}")
+        lines.append(f"{name:<10} {train.label(name):<14} {trainable:>14,} {total:>14,}")
     trainable = sum(t for t, _ in table.values())
     total = sum(n for _, n in table.values())
     lines.append(
-        f"{'all':<10} {'':<7} {trainable:>14,} {total:>14,} ({100 * trainable / max(total, 1):.2f}%)"
+        f"{'all':<10} {'':<14} {trainable:>14,} {total:>14,} ({100 * trainable / max(total, 1):.2f}%)"
     )
     return "\n".join(lines)
 
 
 def parameter_groups(model: MultimodalModel, optim: OptimConfig) -> list[dict]:
-    """Optimizer groups: projector at ``projector_lr``; no weight decay on biases and norms."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    """Optimizer groups: the projector at ``projector_lr`` and the tower at ``vision_lr``
+    (each ``lr`` when unset); no weight decay on biases and norms."""
+    component_lr = {"projector": optim.projector_lr, "vision": optim.vision_lr}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_projector = name.startswith("projector.")
+        lr = component_lr.get(name.partition(".")[0]) or optim.lr
         decays = len(getattr(param, "ds_shape", param.shape)) >= 2 and "norm" not in name.lower()
-        groups.setdefault((is_projector, decays), []).append(param)
-    result = []
-    for (is_projector, decays), params in groups.items():
-        lr = optim.projector_lr if is_projector and optim.projector_lr is not None else optim.lr
-        result.append(
-            {"params": params, "lr": lr, "weight_decay": optim.weight_decay if decays else 0.0}
-        )
-    return result
+        groups.setdefault((lr, decays), []).append(param)
+    return [
+        {"params": params, "lr": lr, "weight_decay": optim.weight_decay if decays else 0.0}
+        for (lr, decays), params in groups.items()
+    ]

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from mllm.bench.measure import TrainRun, median
+from mllm.bench.model_section import llava_model_section
 
 #: stage -> (data shape, what trains): LLaVA's two stages.
 STAGES: dict[str, tuple[str, dict[str, str]]] = {
@@ -64,11 +65,7 @@ def _recipe(workdir: Path, models: dict[str, Path], stage: str, mix, batch: int,
         "name": f"compile-{stage}",
         "output_dir": str(workdir / "runs"),
         "seed": 0,
-        "model": {
-            "vision": {"name": "clip", "path": str(models["clip"]), "feature_layer": -2},
-            "projector": {"name": "mlp", "depth": 2},
-            "llm": {"path": str(models["llama"]), "family": "llama", "attn_implementation": "sdpa"},
-        },
+        "model": llava_model_section(models, attn_implementation="sdpa"),
         "stages": {
             stage: {
                 "data": {

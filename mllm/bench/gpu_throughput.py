@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from mllm.bench.model_section import llava_model_section
+
 #: Dense bf16 tensor-core peak in TFLOPS by the name CUDA reports (no sparsity).
 PEAK_BF16_TFLOPS: dict[str, float] = {
     "H100 SXM": 989.0,  # "NVIDIA H100 80GB HBM3"
@@ -165,11 +167,7 @@ def write_recipe(workdir: Path, models: dict[str, Path], mix, settings: RunSetti
         "name": "gpu-throughput",
         "output_dir": str(workdir / "runs"),
         "seed": 0,
-        "model": {
-            "vision": {"name": "clip", "path": str(models["clip"]), "feature_layer": -2},
-            "projector": {"name": "mlp", "depth": 2},
-            "llm": {"path": str(models["llama"]), "family": "llama", "attn_fallback": "warn"},
-        },
+        "model": llava_model_section(models, attn_fallback="warn"),
         "stages": {
             "instruct": {
                 "data": {

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from mllm.bench.model_section import llava_model_section
+
 #: Data settings of each variant of our side; ``{cache}`` is a feature cache of the frozen
 #: tower, built once before the rounds (its build time is printed, not in the steps).
 #: Every other variant runs the tower (``feature_cache: null``).
@@ -105,11 +107,7 @@ def _builtin_recipe(workdir: Path) -> Path:
         "name": "bench",
         "output_dir": str(workdir / "runs"),
         "seed": 0,
-        "model": {
-            "vision": {"name": "clip", "path": str(models["clip"]), "feature_layer": -2},
-            "projector": {"name": "mlp", "depth": 2},
-            "llm": {"path": str(models["llama"]), "family": "llama", "attn_implementation": "sdpa"},
-        },
+        "model": llava_model_section(models, attn_implementation="sdpa"),
         "stages": {
             name: {
                 "data": {"path": "set-by-bench.json", "template": "vicuna_v1"},

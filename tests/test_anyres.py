@@ -405,7 +405,8 @@ def test_an_anyres_recipe_trains_padded_and_packed_then_generates(tiny_dirs, tmp
     from training_utils import run_train, write_recipe
 
     import mllm
-    from mllm.inference.generate import GenerationRequest, SamplingSettings, _prepare, complete
+    from mllm.inference.generate import GenerationRequest, SamplingSettings, complete
+    from mllm.inference.prompts import prepare_batch
 
     sizes = [(40, 100), (100, 40), (50, 50), (61, 83), (20, 200), (90, 30), (33, 65)]
     records = write_records(tmp_path / "images", sizes)
@@ -419,7 +420,7 @@ def test_an_anyres_recipe_trains_padded_and_packed_then_generates(tiny_dirs, tmp
         [{"from": "human", "value": "<image>\nWhat is it?"}], [random_image((40, 100), 9)]
     )
     settings = SamplingSettings(max_new_tokens=3)
-    prepared = _prepare(loaded, [request], settings)
+    prepared = prepare_batch(loaded, [request], settings)
     assert prepared.pixel_values.shape == (4, 3, TILE, TILE)  # base + 1 x 3 grid
     count = int((prepared.input_ids == loaded.built.model.image_token_id).sum())
     assert count == loaded.built.model.image_token_count((40, 100), (1, 3)) == 60

@@ -23,7 +23,7 @@ from mllm.inference import (
     stream,
 )
 from mllm.inference import loading as loading_module
-from mllm.inference.generate import _prepare
+from mllm.inference.prompts import prepare_batch
 
 
 def _colour_request(question) -> GenerationRequest:
@@ -70,7 +70,7 @@ def test_the_first_generated_token_is_the_first_training_target(loaded, trained_
     model writes first is the reply's first target -- for numbers a lone '▁'."""
     tokenizer = loaded.built.tokenizer
     questions = trained_shapes.held_out
-    prepared = _prepare(loaded, [_colour_request(q) for q in questions], SamplingSettings())
+    prepared = prepare_batch(loaded, [_colour_request(q) for q in questions], SamplingSettings())
     with torch.no_grad():
         embeds = loaded.built.model.embed(prepared.input_ids, prepared.pixel_values)
         logits = loaded.built.model.llm(
@@ -169,7 +169,7 @@ def test_answers_are_their_generated_ids_decoded_at_once(untrained, trained_shap
     model, tokenizer = untrained.built.model, untrained.built.tokenizer
     requests = _mixed_requests(trained_shapes)
     settings = SamplingSettings(max_new_tokens=40)
-    prepared = _prepare(untrained, requests, settings)
+    prepared = prepare_batch(untrained, requests, settings)
     with torch.no_grad():
         generated = model.llm.generate(
             inputs_embeds=model.embed(prepared.input_ids, prepared.pixel_values),
@@ -316,7 +316,7 @@ def test_a_lora_run_loads_unmerged_and_quantized(loaded, trained_shapes, tmp_pat
 def test_original_llava_models_get_llava_s_prompt_tokenization(untrained, trained_shapes):
     from dataclasses import replace
 
-    from mllm.inference.generate import _encode_prompt
+    from mllm.inference.prompts import encode_prompt
     from mllm.interop.llava import llava_prompt_ids
 
     request = _mixed_requests(trained_shapes)[2]  # multi-turn, one image
@@ -330,5 +330,5 @@ def test_original_llava_models_get_llava_s_prompt_tokenization(untrained, traine
         image_token_id=model.image_token_id,
         num_image_tokens=model.num_image_tokens,
     )
-    assert _encode_prompt(llava, request) == expected
-    assert _encode_prompt(untrained, request) != expected  # "▁" after the image in LLaVA's
+    assert encode_prompt(llava, request) == expected
+    assert encode_prompt(untrained, request) != expected  # "▁" after the image in LLaVA's

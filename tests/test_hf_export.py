@@ -25,8 +25,8 @@ from mllm.data.images import prepare_image
 from mllm.data.templates import TEMPLATES, ConversationError, Template, get_template
 from mllm.data.tokenizer_template import TOKENIZER_TEMPLATE, resolve_template
 from mllm.eval.run import answer_questions
-from mllm.inference.generate import encode_rendered
 from mllm.inference.inputs import read_image
+from mllm.inference.prompts import encode_rendered
 from mllm.interop import load_llava_folder
 from mllm.interop.chat_template import ChatTemplateError, chat_template
 from mllm.interop.export import (

@@ -45,7 +45,7 @@ from mllm.data import (
     render_text,
     tokenize_conversation,
 )
-from mllm.inference.generate import GenerationRequest, _encode_prompt
+from mllm.inference.prompts import GenerationRequest, encode_prompt
 from mllm.interop.llava import llava_prompt_ids
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llava_labels"
@@ -318,7 +318,7 @@ def inference_prompt_ids(tokenizer, conversation: list[dict], num_image_tokens: 
         image_grid_pinpoints=None,
     )
     text = "".join(turn["value"] for turn in conversation)
-    return _encode_prompt(loaded, GenerationRequest(conversation, images_for(text)))
+    return encode_prompt(loaded, GenerationRequest(conversation, images_for(text)))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from mllm.data.images import prepare_image
 from mllm.data.tokenizer_template import resolve_template
 from mllm.inference import GenerationRequest, LoadedModel, SamplingSettings, complete, load
-from mllm.inference.generate import encode_rendered
+from mllm.inference.prompts import encode_rendered
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

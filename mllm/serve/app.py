@@ -20,8 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mllm.data.templates import ConversationError
-from mllm.inference.generate import check_request
 from mllm.inference.loading import LoadedModel
+from mllm.inference.prompts import check_request
 from mllm.serve import openai_api as api
 from mllm.serve.batcher import (
     Batcher,

@@ -44,7 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": ("mllm.commands.serve", "serve a checkpoint over an OpenAI-compatible HTTP API"),
     "web": ("mllm.commands.web", "chat with a checkpoint about images in the browser (Gradio)"),
-    "export": ("mllm.commands.export", "export a checkpoint to another layout (hf-llava)"),
+    "export": (
+        "mllm.commands.export",
+        "export a checkpoint to another layout (hf-llava, hf-llava-next)",
+    ),
     "bench": ("mllm.commands.bench", "training and generation speed against transformers' Llava"),
     "cache-features": (
         "mllm.commands.cache_features",

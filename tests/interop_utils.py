@@ -162,8 +162,11 @@ def llava_reference_answer(
     return text.split("</s>")[0].strip()
 
 
-def mllm_checkpoint(tiny, folder: Path, vision: dict | None = None, **data) -> Path:
-    """An mllm stage output with a random projector (nothing needs training for interop)."""
+def mllm_checkpoint(
+    tiny, folder: Path, vision: dict | None = None, merge: str = "flat", **data
+) -> Path:
+    """An mllm stage output with a random projector (nothing needs training for interop);
+    ``merge`` is ``model.mm_patch_merge_type``."""
     vision = vision or {"name": "clip", "path": str(tiny["clip"])}
     raw = {
         "name": "tiny",
@@ -172,6 +175,7 @@ def mllm_checkpoint(tiny, folder: Path, vision: dict | None = None, **data) -> P
             "vision": vision,
             "projector": {"name": "mlp", "depth": 2},
             "llm": {"path": str(tiny["llama"]), "family": "llama"},
+            "mm_patch_merge_type": merge,
         },
         "stages": {
             "instruct": {

@@ -1,5 +1,6 @@
-"""``mllm export SRC --format hf-llava --out DIR``: write a model as a transformers Llava folder
-(``mllm.interop.export.export_hf_llava``; its docstring is this command's help)."""
+"""``mllm export SRC --format hf-llava|hf-llava-next --out DIR``: write a model as a transformers
+Llava or LlavaNext folder (``mllm.interop.export.export_hf_llava``; its docstring is this
+command's help)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             vision_tower_path=args.vision_tower,
             base_llm=args.base_llm,
+            format=args.format,
         )
     except (export.UnsupportedExportError, ForeignFormatError, CheckpointError, RecipeError) as exc:
         parser.exit(2, f"mllm export: {exc}\n")

@@ -1,4 +1,5 @@
-"""Checkpoints of other codebases: original LLaVA folders and transformers' Llava ("llava-hf").
+"""Checkpoints of other codebases: original LLaVA folders and transformers' Llava ("llava-hf")
+and LlavaNext ("llava-next-hf").
 
 ``load_llava_folder`` reads either into an mllm model (``mllm.load`` hands it every folder that
 is not an mllm checkpoint); ``mllm export`` writes the llava-hf layout; ``mllm convert-llava``
@@ -72,7 +73,7 @@ def load_llava_folder(
             base_llm=base_llm,
             template=template,
         )
-    if kind == "llava-hf":
+    if kind in ("llava-hf", "llava-next-hf"):
         if vision_tower_path or base_llm:
             raise ForeignFormatError(
                 f"{folder}: a transformers Llava folder holds its tower and LLM; "
@@ -81,6 +82,6 @@ def load_llava_folder(
         from mllm.interop.hf_llava import load_hf_llava
 
         return load_hf_llava(
-            folder, dtype=dtype, device=device, quantize=quantize, template=template
+            folder, dtype=dtype, device=device, quantize=quantize, template=template, kind=kind
         )
     raise ForeignFormatError(f"{folder}: an mllm checkpoint; load it with mllm.load")

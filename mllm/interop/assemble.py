@@ -18,6 +18,7 @@ from mllm.checkpoint import LoadedModel
 from mllm.config import RecipeConfig, validate_recipe
 from mllm.data.recipe_templates import special_tokens_for, stage_template
 from mllm.interop.detect import ForeignFormatError
+from mllm.models.anyres import SpatialUnpad
 from mllm.models.assembly import BuiltModel, grow_embeddings
 from mllm.models.catalog import PROJECTORS
 from mllm.models.llm import load_tokenizer
@@ -38,23 +39,28 @@ def imported_recipe(
     image_token: str,
     template: str | None,
     image_aspect_ratio: str,
+    image_grid_pinpoints: list[list[int]] | None = None,
 ) -> RecipeConfig:
     """A validated recipe describing a model read from ``source``.
+
+    ``image_grid_pinpoints`` makes it an anyres model with LLaVA-NeXT's ``spatial_unpad``
+    merge (the only one transformers' LlavaNext computes).
 
     Raises:
         RecipeError: a field does not validate (an unknown template, for instance).
     """
+    model = {"vision": vision, "projector": projector, "llm": llm, "image_token": image_token}
+    data = {"path": [], "template": template, "image_aspect_ratio": image_aspect_ratio}
+    if image_grid_pinpoints is not None:
+        model["mm_patch_merge_type"] = "spatial_unpad"
+        data["image_grid_pinpoints"] = image_grid_pinpoints
     raw = {
         "name": source.name,
         "output_dir": str(source),
-        "model": {"vision": vision, "projector": projector, "llm": llm, "image_token": image_token},
+        "model": model,
         "stages": {
             IMPORTED_STAGE: {
-                "data": {
-                    "path": [],
-                    "template": template,
-                    "image_aspect_ratio": image_aspect_ratio,
-                },
+                "data": data,
                 "optim": {"lr": 1e-5},
                 "global_batch_size": 1,
                 "micro_batch_size": 1,
@@ -93,16 +99,16 @@ def assemble(
     grow_embeddings(llm, len(tokenizer))
     llm.config.pad_token_id = tokenizer.pad_token_id
     settings = recipe.model.projector
-    projector = (
-        PROJECTORS.get(settings.name)
-        .target(
-            settings,
-            vision_dim=vision.hidden_size,
-            llm_dim=llm.config.get_text_config().hidden_size,
-            num_patches=vision.num_patches,
-        )
-        .to(dtype)
+    projector = PROJECTORS.get(settings.name).target(
+        settings,
+        vision_dim=vision.hidden_size,
+        llm_dim=llm.config.get_text_config().hidden_size,
+        num_patches=vision.num_patches,
     )
+    merge = recipe.model.mm_patch_merge_type
+    if merge == "spatial_unpad":
+        projector.patch_merge = SpatialUnpad(projector.llm_dim)
+    projector = projector.to(dtype)
     try:
         projector.load_state_dict(
             {name: tensor.to(dtype) for name, tensor in projector_state.items()}, strict=True
@@ -114,7 +120,9 @@ def assemble(
             f"features: {exc}"
         ) from None
     image_token_id = tokenizer.convert_tokens_to_ids(recipe.model.image_token)
-    model = MultimodalModel(vision, projector, llm, image_token_id=image_token_id)
+    model = MultimodalModel(
+        vision, projector, llm, image_token_id=image_token_id, patch_merge=merge
+    )
     if quantized:  # the quantised LLM was loaded onto the device
         model.vision.to(device)
         model.projector.to(device)
@@ -134,7 +142,12 @@ def assemble(
         stage.data.image_aspect_ratio,
     )
     return LoadedModel(
-        built, recipe, stage_template(recipe, stage), stage.data.image_aspect_ratio, manifest
+        built,
+        recipe,
+        stage_template(recipe, stage),
+        stage.data.image_aspect_ratio,
+        manifest,
+        stage.data.image_grid_pinpoints,
     )
 
 

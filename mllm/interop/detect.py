@@ -3,7 +3,8 @@
 Three kinds load: an mllm checkpoint (``manifest.json`` with mllm's format), an original
 LLaVA checkpoint (a causal-LM ``config.json`` carrying LLaVA's ``mm_*`` keys; LLaVA-1.5 saves
 ``model_type: llava`` there, the same string as transformers' Llava) and a transformers Llava
-folder ("llava-hf": ``model_type: llava`` with ``vision_config`` and ``text_config``).
+folder ("llava-hf": ``model_type: llava`` with ``vision_config`` and ``text_config``), or its
+LLaVA-NeXT counterpart ("llava-next-hf": ``model_type: llava_next``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-FolderFormat = Literal["mllm", "llava", "llava-hf"]
+FolderFormat = Literal["mllm", "llava", "llava-hf", "llava-next-hf"]
+#: transformers model types -> the folder kind they mark (with a ``text_config``).
+HF_KINDS = {"llava": "llava-hf", "llava_next": "llava-next-hf"}
 
 #: Keys only LLaVA's own code writes into a model config; any of them marks the layout.
 LLAVA_CONFIG_KEYS = ("mm_vision_tower", "mm_projector_type", "mm_hidden_size")
@@ -39,7 +42,7 @@ def read_json(path: Path) -> dict:
 
 
 def detect_format(folder: str | Path) -> FolderFormat:
-    """The layout of ``folder``: ``mllm``, ``llava`` or ``llava-hf``.
+    """The layout of ``folder``: ``mllm``, ``llava``, ``llava-hf`` or ``llava-next-hf``.
 
     Raises:
         ForeignFormatError: the folder is missing or matches none of the layouts; the message
@@ -63,10 +66,10 @@ def detect_format(folder: str | Path) -> FolderFormat:
     config = read_json(config_path)
     if any(key in config for key in LLAVA_CONFIG_KEYS):
         return "llava"
-    if config.get("model_type") == "llava" and "text_config" in config:
-        return "llava-hf"
+    if config.get("model_type") in HF_KINDS and "text_config" in config:
+        return HF_KINDS[config["model_type"]]
     raise ForeignFormatError(
         f"{config_path}: not a LLaVA checkpoint (no {', '.join(LLAVA_CONFIG_KEYS)} key) and not "
         f"a transformers Llava folder (model_type {config.get('model_type')!r}, expected "
-        "'llava' with a text_config)"
+        f"one of {sorted(HF_KINDS)} with a text_config)"
     )

@@ -1,4 +1,5 @@
-"""``mllm export SRC --format hf-llava --out DIR``: write a model as a transformers Llava folder.
+"""``mllm export SRC --format hf-llava|hf-llava-next --out DIR``: write a model as a transformers
+Llava (or LlavaNext) folder.
 
 The folder loads with plain transformers, no mllm installed::
 
@@ -21,6 +22,11 @@ exactly; transformers' torchvision backend (its default where torchvision is ins
 differently (``docs/interop.md``). SRC is an mllm checkpoint (adapters are merged first) or any
 folder ``mllm.load`` reads (an original LLaVA checkpoint, for instance).
 
+``hf-llava-next`` writes a ``LlavaNextForConditionalGeneration`` folder instead, for a model
+trained with anyres images (``image_grid_pinpoints``) and ``mm_patch_merge_type:
+spatial_unpad``: the same parts plus ``model.image_newline`` and a ``LlavaNextProcessor`` that
+tiles images as mllm does (``mllm.interop.hf_llava_next``).
+
 CPU:  mllm export runs/demo/shapes-mlp/instruct/final --format hf-llava --out runs/demo/hf
 """
 
@@ -32,7 +38,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
+)
 from transformers.image_processing_utils import BaseImageProcessor
 
 from mllm.checkpoint import LoadedModel, load_mllm_checkpoint
@@ -42,13 +54,19 @@ from mllm.data.tokenizer_template import TokenizerTemplateError, resolve_templat
 from mllm.interop.chat_template import ChatTemplateError, chat_template
 from mllm.interop.detect import detect_format
 from mllm.interop.hf_llava import EXPORT_NOTE, PROJECTOR_NAMES, TOWERS, strategy_for
+from mllm.interop.hf_llava_next import llava_next_config, llava_next_image_processor, newline_state
 from mllm.models.assembly import DTYPES
 from mllm.models.catalog import VISION_TOWERS
 from mllm.models.multimodal import MultimodalModel
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("hf-llava",)
+#: Export format -> the transformers model and processor classes it writes.
+HF_CLASSES = {
+    "hf-llava": (LlavaForConditionalGeneration, LlavaProcessor),
+    "hf-llava-next": (LlavaNextForConditionalGeneration, LlavaNextProcessor),
+}
+FORMATS = tuple(HF_CLASSES)
 #: Image processor settings copied from the tower's processor into Llava's.
 _PROCESSOR_FIELDS = (
     "do_resize",
@@ -92,13 +110,15 @@ REFUSED_PROJECTORS = {
 }
 
 
-def check_exportable(recipe: RecipeConfig) -> None:
-    """Raise if transformers' Llava cannot compute what this recipe's model computes.
+def check_exportable(recipe: RecipeConfig, format: str = "hf-llava") -> None:
+    """Raise if transformers' Llava (or LlavaNext) cannot compute what this recipe's model
+    computes.
 
     Exportable: a ``clip`` or ``siglip`` tower (any ``feature_layer`` and ``select``), the
     ``mlp`` projector of depth 2 and a plain LLM. Every other tower and projector of mllm's
     catalog is refused with its reason (``REFUSED_TOWERS``, ``REFUSED_PROJECTORS``), and so is a
-    modality-adaptive LLM (mPLUG-Owl2's).
+    modality-adaptive LLM (mPLUG-Owl2's). ``hf-llava`` takes the ``flat`` merge of single
+    images; ``hf-llava-next`` takes ``spatial_unpad`` with an anyres stage.
 
     Raises:
         UnsupportedExportError: listing every unsupported part (tower, projector, depth, LLM).
@@ -121,25 +141,40 @@ def check_exportable(recipe: RecipeConfig) -> None:
             "model.llm.modality_adaptive: image tokens have their own norms and K/V projections; "
             "Llava's language model treats every token alike"
         )
-    if model.mm_patch_merge_type != "flat":
-        problems.append(
-            f"model.mm_patch_merge_type {model.mm_patch_merge_type!r}: LLaVA-NeXT's learned "
-            "image_newline and tile merge have no place in a Llava model"
-        )
     anyres = [name for name, stage in recipe.stages.items() if stage.data.image_grid_pinpoints]
-    if anyres:
-        problems.append(
-            f"stages {anyres}: anyres images (several tiles each) are not Llava's single image"
-        )
+    if format == "hf-llava-next":
+        if model.mm_patch_merge_type != "spatial_unpad":
+            problems.append(
+                f"model.mm_patch_merge_type {model.mm_patch_merge_type!r}: LlavaNext always "
+                "unpads the tiles and ends each row with image_newline ('spatial_unpad')"
+            )
+        if not anyres:
+            problems.append("stages: none reads images as anyres (image_grid_pinpoints)")
+    else:
+        if model.mm_patch_merge_type != "flat":
+            problems.append(
+                f"model.mm_patch_merge_type {model.mm_patch_merge_type!r}: LLaVA-NeXT's learned "
+                "image_newline and tile merge have no place in a Llava model (hf-llava-next)"
+            )
+        if anyres:
+            problems.append(
+                f"stages {anyres}: anyres images (several tiles each) are not Llava's single "
+                "image (hf-llava-next)"
+            )
     if problems:
-        raise UnsupportedExportError("cannot export to hf-llava:\n  " + "\n  ".join(problems))
+        raise UnsupportedExportError(f"cannot export to {format}:\n  " + "\n  ".join(problems))
 
 
 def llava_config(loaded: LoadedModel) -> LlavaConfig:
     """The ``LlavaConfig`` of a loaded mllm model (its tower and LLM configs, as they are)."""
+    return LlavaConfig(**llava_fields(loaded))
+
+
+def llava_fields(loaded: LoadedModel) -> dict:
+    """The config fields Llava and LlavaNext share, for a loaded mllm model."""
     model, vision = loaded.built.model, loaded.recipe.model.vision
     layers = vision.feature_layer
-    return LlavaConfig(
+    return dict(
         vision_config=model.vision.encoder.config.to_dict(),
         text_config=model.llm.config.to_dict(),
         image_token_index=model.image_token_id,
@@ -195,7 +230,12 @@ def llava_image_processor(processor: BaseImageProcessor, mode: str) -> BaseImage
 
 
 def _load(
-    source: Path, dtype: torch.dtype, *, vision_tower_path: str | None, base_llm: str | None
+    source: Path,
+    dtype: torch.dtype,
+    format: str,
+    *,
+    vision_tower_path: str | None,
+    base_llm: str | None,
 ) -> LoadedModel:
     """Any model folder mllm reads, adapters merged into the LLM (in fp32, as ``mllm merge``)."""
     if detect_format(source) != "mllm":
@@ -215,7 +255,7 @@ def _load(
     # Refuse before loading: a large model takes minutes to load.
     recipe_path = source / RECIPE_NAME
     raw = yaml.safe_load(recipe_path.read_text())
-    check_exportable(validate_recipe(raw, str(recipe_path), check_files=False))
+    check_exportable(validate_recipe(raw, str(recipe_path), check_files=False), format)
     adapted = bool(read_manifest(source).get("adapters"))
     loaded = load_mllm_checkpoint(source, dtype=torch.float32 if adapted else dtype)
     if adapted:
@@ -231,14 +271,17 @@ def export_hf_llava(
     dtype: str = "fp32",
     vision_tower_path: str | None = None,
     base_llm: str | None = None,
+    format: str = "hf-llava",
 ) -> Path:
-    """Write ``source`` as a transformers Llava folder at ``out`` (atomically).
+    """Write ``source`` as a transformers Llava (or LlavaNext) folder at ``out`` (atomically).
 
     Args:
         source: an mllm checkpoint, or a folder ``mllm.load`` reads.
         out: the folder to create (replaced if it exists).
         dtype: ``fp32``, ``bf16`` or ``fp16`` for the saved weights.
         vision_tower_path, base_llm: passed on for original LLaVA checkpoints.
+        format: ``hf-llava`` (``LlavaForConditionalGeneration``) or ``hf-llava-next``
+            (``LlavaNextForConditionalGeneration``, for anyres ``spatial_unpad`` models).
 
     Returns:
         ``out``.
@@ -253,12 +296,27 @@ def export_hf_llava(
     source, out = Path(source).resolve(), Path(out).resolve()
     if source.is_relative_to(out):
         raise UnsupportedExportError(f"{out} would replace {source}; export to another folder")
-    loaded = _load(source, DTYPES[dtype], vision_tower_path=vision_tower_path, base_llm=base_llm)
-    check_exportable(loaded.recipe)
-    config = llava_config(loaded)
+    if format not in HF_CLASSES:
+        raise UnsupportedExportError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
+    model_class, processor_class = HF_CLASSES[format]
+    loaded = _load(
+        source, DTYPES[dtype], format, vision_tower_path=vision_tower_path, base_llm=base_llm
+    )
+    check_exportable(loaded.recipe, format)
+    anyres = format == "hf-llava-next"
+    if anyres != (loaded.image_aspect_ratio == "anyres"):
+        raise UnsupportedExportError(
+            f"{source}: its stage reads images as {loaded.image_aspect_ratio!r}; {format} "
+            f"needs {'anyres' if anyres else 'single'} images"
+        )
+    fields = llava_fields(loaded)
+    config = llava_next_config(loaded, fields) if anyres else LlavaConfig(**fields)
+    state = llava_state_dict(loaded.built.model)
+    if anyres:
+        state.update(newline_state(loaded.built.model.projector))
     with torch.device("meta"):
-        hf = LlavaForConditionalGeneration(config)
-    hf.load_state_dict(llava_state_dict(loaded.built.model), strict=True, assign=True)
+        hf = model_class(config)
+    hf.load_state_dict(state, strict=True, assign=True)
     hf.generation_config = loaded.built.model.llm.generation_config
     vision = loaded.recipe.model.vision
     image_token = loaded.built.image_token
@@ -267,13 +325,19 @@ def export_hf_llava(
             resolve_template(loaded.template, loaded.built.tokenizer), image_token
         )
     except (ChatTemplateError, TokenizerTemplateError) as exc:
-        raise UnsupportedExportError(f"cannot export to hf-llava: {exc}") from None
+        raise UnsupportedExportError(f"cannot export to {format}: {exc}") from None
     tokenizer = loaded.built.tokenizer
     tokenizer.chat_template = template  # servers that read the tokenizer's template (SGLang)
-    processor = LlavaProcessor(
-        image_processor=llava_image_processor(
+    if anyres:
+        image_processor = llava_next_image_processor(
+            loaded.built.image_processor, loaded.image_grid_pinpoints
+        )
+    else:
+        image_processor = llava_image_processor(
             loaded.built.image_processor, loaded.image_aspect_ratio
-        ),
+        )
+    processor = processor_class(
+        image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=loaded.built.model.vision.encoder.config.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
@@ -296,5 +360,5 @@ def export_hf_llava(
     }
     (staging / EXPORT_NOTE).write_text(json.dumps(note, indent=2) + "\n")
     commit_staging(out)
-    logger.info("exported %s as hf-llava to %s", source, out)
+    logger.info("exported %s as %s to %s", source, format, out)
     return out

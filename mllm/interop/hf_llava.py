@@ -14,7 +14,8 @@ both)::
 ``default`` drops the first token (CLIP's CLS: ``select: patch``), ``full`` keeps all. The
 processor's ``do_pad`` is LLaVA's expand-to-square (``image_aspect_ratio: pad``). transformers'
 classes stay the source of truth for these fields: folders are read with ``LlavaConfig`` and
-``from_pretrained``, never by parsing their JSON by hand.
+``from_pretrained``, never by parsing their JSON by hand. ``LlavaNextForConditionalGeneration``
+("llava-next-hf") is the same plus anyres (``mllm.interop.hf_llava_next``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from transformers import (
     AutoProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
 )
 
 from mllm.checkpoint import LoadedModel
@@ -38,6 +41,7 @@ from mllm.interop.assemble import (
     load_imported_tokenizer,
 )
 from mllm.interop.detect import ForeignFormatError
+from mllm.interop.hf_llava_next import NEWLINE, tile_processor
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
 from mllm.models.catalog import VISION_TOWERS
 from mllm.models.llm import disable_cpu_repacking
@@ -51,6 +55,11 @@ FAMILIES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
 EXPORT_NOTE = "mllm_export.json"
 #: mllm projector tensor names <-> Llava's.
 PROJECTOR_NAMES = {"layers.0": "linear_1", "layers.2": "linear_2"}
+#: Folder kind -> transformers' config and model classes (LlavaNext: ``hf_llava_next``).
+HF_CLASSES = {
+    "llava-hf": (LlavaConfig, LlavaForConditionalGeneration),
+    "llava-next-hf": (LlavaNextConfig, LlavaNextForConditionalGeneration),
+}
 
 
 def select_for(strategy: str, tower: str, source: str) -> str:
@@ -76,7 +85,7 @@ def strategy_for(select: str, tower: str) -> str:
     return "default" if has_cls and select == "patch" else "full"
 
 
-def _read_spec(folder: Path, config: LlavaConfig) -> tuple[dict, dict, str]:
+def _read_spec(folder: Path, config: LlavaConfig | LlavaNextConfig) -> tuple[dict, dict, str]:
     """The mllm vision, projector and family settings a Llava config describes."""
     source = f"{folder}/config.json"
     vision_type = config.vision_config.model_type
@@ -115,11 +124,15 @@ def load_hf_llava(
     device: str = "cpu",
     quantize: str | None = None,
     template: str | None = None,
+    kind: str = "llava-hf",
 ) -> LoadedModel:
-    """Load a transformers Llava folder as an mllm model (the same modules, renamed).
+    """Load a transformers Llava or LlavaNext folder as an mllm model (the same modules,
+    renamed; LlavaNext's anyres as ``mm_patch_merge_type: spatial_unpad``).
 
     Args:
-        folder: a ``LlavaForConditionalGeneration`` folder with its processor and tokenizer.
+        folder: a ``LlavaForConditionalGeneration`` folder with its processor and tokenizer
+            (``kind`` ``llava-hf``), or a ``LlavaNextForConditionalGeneration`` one
+            (``llava-next-hf``).
         dtype: parameter dtype.
         device: where the model runs.
         quantize: ``4bit`` (NF4) or ``8bit`` for the language model's linear layers.
@@ -129,12 +142,18 @@ def load_hf_llava(
     Raises:
         ForeignFormatError: a tower, projector or LLM mllm has no counterpart for.
     """
-    config = LlavaConfig.from_pretrained(folder)
+    config_class, model_class = HF_CLASSES[kind]
+    config = config_class.from_pretrained(folder)
+    anyres = kind == "llava-next-hf"
     vision, projector, family = _read_spec(folder, config)
     note_path = folder / EXPORT_NOTE
     note = json.loads(note_path.read_text()) if note_path.is_file() else {}
-    processor = AutoProcessor.from_pretrained(folder, backend="pil")  # a LlavaProcessor
+    processor = AutoProcessor.from_pretrained(folder, backend="pil")  # a Llava(Next)Processor
     image_token, image_processor = processor.image_token, processor.image_processor
+    if anyres:
+        image_aspect_ratio, image_processor = "anyres", tile_processor(image_processor)
+    else:
+        image_aspect_ratio = "pad" if getattr(image_processor, "do_pad", False) else "crop"
     recipe = imported_recipe(
         folder,
         vision=vision,
@@ -142,7 +161,8 @@ def load_hf_llava(
         llm={"path": str(folder), "family": note.get("family", family)},
         image_token=image_token,
         template=template or note.get("template"),
-        image_aspect_ratio="pad" if getattr(image_processor, "do_pad", False) else "crop",
+        image_aspect_ratio=image_aspect_ratio,
+        image_grid_pinpoints=config.image_grid_pinpoints if anyres else None,
     )
     tokenizer = load_imported_tokenizer(recipe)
     if tokenizer.convert_tokens_to_ids(image_token) != config.image_token_id:
@@ -154,7 +174,7 @@ def load_hf_llava(
     attn = resolve_attn_implementation("auto", "warn", str(folder))
     kept = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]  # not 4-bit
     hf = load_with_attention(
-        lambda **a: LlavaForConditionalGeneration.from_pretrained(
+        lambda **a: model_class.from_pretrained(
             folder, **llm_load_options(dtype, quantize, device, skip_modules=kept), **a
         ),
         attn,
@@ -170,6 +190,8 @@ def load_hf_llava(
         for ours, theirs in PROJECTOR_NAMES.items()
         for param in ("weight", "bias")
     }
+    if anyres:
+        projector_state[NEWLINE] = hf.model.image_newline
     return assemble(
         recipe,
         vision=tower,
@@ -180,7 +202,7 @@ def load_hf_llava(
         dtype=dtype,
         device=device,
         quantized=quantize is not None,
-        manifest=imported_manifest(folder, "llava-hf", prompt_tokenization=_tokenization(note)),
+        manifest=imported_manifest(folder, kind, prompt_tokenization=_tokenization(note)),
     )
 
 
@@ -196,7 +218,7 @@ def _tokenization(note: dict) -> str:
     return kind
 
 
-def _causal_lm(hf: LlavaForConditionalGeneration, folder: Path) -> torch.nn.Module:
+def _causal_lm(hf: torch.nn.Module, folder: Path) -> torch.nn.Module:
     """The text model and head of ``hf`` as a causal LM of their own (the modules are moved,
     not copied): mllm's ``llm`` is a complete ``...ForCausalLM`` that can generate alone."""
     text_config = hf.config.text_config

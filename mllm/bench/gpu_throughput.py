@@ -88,6 +88,7 @@ class RunSettings:
     steps: int = 30
     precision: str = "bf16"
     compile: bool = False
+    peak_tflops: float | None = None  # the card's bf16 peak; None: looked up by its name
 
 
 DRY_RUN = RunSettings(
@@ -97,6 +98,9 @@ DRY_RUN = RunSettings(
 
 def peak_tflops(device_name: str) -> float | None:
     """The card's dense bf16 peak from :data:`PEAK_BF16_TFLOPS`, or None when unknown.
+
+    CUDA's device names are free text ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"), so the
+    model is found inside the name, most specific first; ``--peak-tflops`` overrides it.
 
     "H100" alone is an SXM card when it reports HBM3 memory; PCIe and NVL say so in the name.
     """
@@ -258,7 +262,7 @@ def run(workdir: Path, shape: ModelShape, settings: RunSettings) -> dict:
     result = train_ours(recipe, "instruct", "gpu throughput", warmup=settings.warmup)
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "cpu"
-    peak = peak_tflops(device) if cuda else None
+    peak = settings.peak_tflops or (peak_tflops(device) if cuda else None)
     model_tflops = per_sample * result.samples_per_s / 1e12
     figures = {
         "device": device,
@@ -331,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="stages.S.compile: true")
     parser.add_argument("--steps", type=int, help="measured steps (default 30)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the card's dense bf16 peak for MFU, where its CUDA name is not in the table",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -341,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_throughput: no CUDA device; use --dry-run to check the wiring", file=sys.stderr)
         return 2
     shape, settings = (SHRUNK, DRY_RUN) if args.dry_run else (FULL, RunSettings())
-    overrides = {"compile": args.compile}
+    overrides = {"compile": args.compile, "peak_tflops": args.peak_tflops}
     if args.steps:
         overrides["steps"] = args.steps
     settings = RunSettings(**{**asdict(settings), **overrides})

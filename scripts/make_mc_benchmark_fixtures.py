@@ -27,41 +27,24 @@ Regenerate (seconds)::
         --mmbench-evals /tmp/mc_side/whl/lmms_eval/tasks/mmbench/mmbench_evals.py
 
 Everything here is deterministic; the data are made up (not copied from the benchmarks).
+ScienceQA and SEED-Bench (both scored by LLaVA's scripts) are written here; MME's and
+MMBench's writers are the sibling modules ``mme_fixtures.py`` and ``mmbench_fixtures.py``, and
+``mc_fixture_files.py`` holds what all four share.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import random
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from PIL import Image
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
-
-
-def png_bytes(shade: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (2, 2), (shade, 255 - shade, 128)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_json(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def run(command: list[str]) -> str:
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
-
+from mc_fixture_files import FIXTURES, png_bytes, run, write_json
+from mmbench_fixtures import make_mmbench
+from mme_fixtures import make_mme
 
 # ScienceQA --------------------------------------------------------------------------------
 SQA_ANSWERS = [
@@ -137,221 +120,6 @@ def make_scienceqa(side_python: str, official: Path) -> None:
             "img_accuracy_percent": float(img),
             "img_correct_ids": correct,
         },
-    )
-
-
-# MME ----------------------------------------------------------------------------------------
-MME_PERCEPTION = [
-    "existence",
-    "count",
-    "position",
-    "color",
-    "posters",
-    "celebrity",
-    "scene",
-    "landmark",
-    "artwork",
-    "OCR",
-]
-MME_COGNITION = [
-    "commonsense_reasoning",
-    "numerical_calculation",
-    "text_translation",
-    "code_reasoning",
-]
-MME_NESTED = {"posters", "celebrity", "scene", "landmark", "artwork"}
-MME_REPLIES = [
-    "Yes",
-    "No",
-    "yes.",
-    "No, it is not.",
-    "not sure",
-    "y",
-    "I cannot tell",
-    "Yes, there is.",
-    "no",
-]
-
-
-def make_mme(side_python: str, official: Path) -> None:
-    root = FIXTURES / "mme"
-    shutil.rmtree(root, ignore_errors=True)
-    rng = random.Random(16)
-    answers, result_lines = {}, {}
-    for t, subtask in enumerate(MME_PERCEPTION + MME_COGNITION):
-        nested = subtask in MME_NESTED
-        text_dir = root / subtask / ("questions_answers_YN" if nested else "")
-        image_dir = root / subtask / ("images" if nested else "")
-        text_dir.mkdir(parents=True, exist_ok=True)
-        image_dir.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for i in range(1 + t % 3):
-            name = f"{i:04d}"
-            suffix = ".jpg" if nested else ".png"
-            (image_dir / f"{name}{suffix}").write_bytes(png_bytes(t * 10 + i))
-            pair = [
-                (f"Is this {subtask} {i}? Please answer yes or no.", "Yes"),
-                (f"Is this not {subtask} {i}? Please answer yes or no.", "No"),
-            ]
-            (text_dir / f"{name}.txt").write_text(
-                "".join(f"{q}\t{a}\n" for q, a in pair), encoding="utf-8"
-            )
-            for number, (question, truth) in enumerate(pair):
-                # Mostly right, so that some images have both right (acc+).
-                reply = truth if rng.random() < 0.5 else rng.choice(MME_REPLIES)
-                answers[f"{subtask}/{name}{suffix}/{number}"] = reply
-                lines.append(f"{name}{suffix}\t{question}\t{truth}\t{reply}\n")
-        result_lines[subtask] = lines
-    write_json(FIXTURES / "answers_mme.json", answers)
-    with tempfile.TemporaryDirectory() as tmp:
-        for subtask, lines in result_lines.items():
-            Path(tmp, f"{subtask}.txt").write_text("".join(lines), encoding="utf-8")
-        stdout = run([side_python, str(official / "mme_calculation.py"), "--results_dir", tmp])
-    totals = [float(x) for x in re.findall(r"total score: ([\d.]+)", stdout)]
-    scores = {
-        m.group(1): float(m.group(2)) for m in re.finditer(r"\t (\w+)  score: ([\d.]+)", stdout)
-    }
-    write_json(
-        FIXTURES / "expected_mme.json",
-        {
-            "source": "MME eval_tool/calculation.py",
-            "perception": totals[0],
-            "cognition": totals[1],
-            "subtask_scores": scores,
-        },
-    )
-
-
-# MMBench -----------------------------------------------------------------------------------
-MMB_QUESTIONS = [
-    (
-        "What is shown?",
-        ["a red car", "a blue boat", "a green tree", "a dog"],
-        "C",
-        "Look.",
-        "object",
-        "perception",
-    ),
-    ("Which season is it?", ["winter", "summer", "autumn"], "A", "", "scene", "perception"),
-    ("Is the man happy?", ["yes", "no"], "B", "", "emotion", "reasoning"),
-    ("How many cats?", ["one", "two", "three", "four"], "D", "Count them.", "object", "perception"),
-    ("What color is the sky?", ["gray", "blue", "black", "pink"], "B", "", "scene", "perception"),
-]
-
-
-def rotations(options: list[str], answer: str) -> list[tuple[list[str], str]]:
-    index = "ABCD".index(answer)
-    return [
-        (options[k:] + options[:k], "ABCD"[(index - k) % len(options)]) for k in range(len(options))
-    ]
-
-
-def mmbench_reply(rng: random.Random, options: list[str], answer: str) -> str:
-    text = options["ABCD".index(answer)]
-    wrong = next(c for c in "ABCD"[: len(options)] if c != answer)
-    forms = [
-        answer,
-        f"({answer})",
-        f"The answer is ({answer}).",
-        f"{answer}.",
-        text.capitalize(),
-        f"It is {text}",
-        wrong,
-        "I am not sure",
-        f"A picture of {text} here",
-    ]
-    return answer if rng.random() < 0.55 else rng.choice(forms)
-
-
-def make_mmbench(side_python: str, mmbench_evals: Path) -> None:
-    root = FIXTURES / "mmbench"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    rng = random.Random(7)
-    header = [
-        "index",
-        "question",
-        "hint",
-        "A",
-        "B",
-        "C",
-        "D",
-        "answer",
-        "category",
-        "image",
-        "source",
-        "l2-category",
-        "split",
-    ]
-    rows, records, answers = [], [], {}
-    for base, (question, options, answer, hint, category, l2) in enumerate(MMB_QUESTIONS):
-        image = base64.b64encode(png_bytes(base * 40)).decode()
-        shifts = rotations(options, answer)
-        # Question 3 ships its rotations in the TSV, as the release does; the others do not.
-        in_file = shifts if base == 3 else shifts[:1]
-        for k, (opts, truth) in enumerate(in_file):
-            cells = opts + ["nan"] * (4 - len(opts))
-            rows.append(
-                [
-                    str(base + k * 1_000_000),
-                    question,
-                    hint or "nan",
-                    *cells,
-                    truth,
-                    category,
-                    image if k == 0 else str(base),
-                    "made",
-                    l2,
-                    "dev",
-                ]
-            )
-        for k, (opts, truth) in enumerate(shifts):
-            reply = mmbench_reply(rng, opts, truth)
-            answers[f"{base}_shift{k}"] = reply
-            record = {
-                "index": base + k * 1_000_000,
-                "question": question,
-                "answer": truth,
-                "prediction": reply,
-                "hint": hint or "nan",
-                "source": "made",
-                "split": "dev",
-                "category": category,
-                "L2-category": l2,
-            }
-            for letter in "ABCD":
-                position = "ABCD".index(letter)
-                record[letter] = opts[position] if position < len(opts) else float("nan")
-            records.append(record)
-    (root / "mmbench_dev_fixture.tsv").write_text(
-        "\n".join("\t".join(row) for row in [header, *rows]) + "\n", encoding="utf-8"
-    )
-    write_json(FIXTURES / "answers_mmbench.json", answers)
-    driver = f"""
-import importlib.util, json, math, sys
-spec = importlib.util.spec_from_file_location("mmbench_evals", {str(mmbench_evals)!r})
-module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-class NoGPT(module.MMBench_Evaluator):
-    def extract_answer_from_item(self, item):
-        return False, "no GPT"
-records = json.loads(sys.stdin.read())
-for r in records:
-    for c in "ABCD":
-        if r[c] is None: r[c] = float("nan")
-overall, category, l2 = NoGPT().eval_result(records, eval_method="openai")
-print(json.dumps({{"overall": overall, "category": category, "l2": l2}}))
-"""
-    out = subprocess.run(
-        [side_python, "-c", driver],
-        input=json.dumps(records),
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    write_json(
-        FIXTURES / "expected_mmbench.json",
-        {"source": "lmms-eval mmbench_evals.MMBench_Evaluator.eval_result, no GPT", **result},
     )
 
 

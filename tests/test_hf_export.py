@@ -21,8 +21,9 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from mllm.checkpoint import load_mllm_checkpoint
 from mllm.config import validate_recipe
+from mllm.data.conversation import ConversationError
 from mllm.data.images import prepare_image
-from mllm.data.templates import TEMPLATES, ConversationError, Template, get_template
+from mllm.data.templates import TEMPLATES, Template, get_template
 from mllm.data.tokenizer_template import TOKENIZER_TEMPLATE, resolve_template
 from mllm.eval.run import answer_questions
 from mllm.inference.inputs import read_image

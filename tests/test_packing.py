@@ -15,9 +15,9 @@ from mllm.data.stage_data import stage_collator
 from mllm.models import build_model
 from mllm.models.attention import flash_attention_unavailable_reason
 from mllm.models.multimodal import join_packed_rows
+from mllm.training.metric_window import sample_tokens
 from mllm.training.metrics import read_metrics
 from mllm.training.stage import apply_stage
-from mllm.training.trainer import _sample_tokens
 
 FLASH_PROBLEM = flash_attention_unavailable_reason()
 
@@ -69,7 +69,7 @@ def test_packed_batch_layout():
     ]
     assert "attention_mask" not in batch
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 2.0, 2.0]  # packed order
-    assert _sample_tokens(batch) == 9 and "num_tokens" not in batch
+    assert sample_tokens(batch) == 9 and "num_tokens" not in batch
 
 
 def test_packing_drops_skipped_samples():
@@ -77,7 +77,7 @@ def test_packing_drops_skipped_samples():
     batch = PackingCollator(pad_token_id=0, max_length=8)([bad, _sample([1, 4], [4, 4])])
     assert batch["skipped"] == [bad] and batch["input_ids"].tolist() == [[1, 4]]
     empty = PackingCollator(pad_token_id=0, max_length=8)([bad])
-    assert empty["input_ids"].shape == (0, 0) and _sample_tokens(empty) == 0
+    assert empty["input_ids"].shape == (0, 0) and sample_tokens(empty) == 0
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

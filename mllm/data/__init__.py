@@ -1,7 +1,9 @@
 """The data pipeline: templates, tokenization with label masks, images, dataset, collator."""
 
+from mllm.data.bad_records import BadRecord
 from mllm.data.collator import DataCollator
-from mllm.data.dataset import BadRecord, ConversationDataset
+from mllm.data.conversation import ConversationError, parse_conversation
+from mllm.data.dataset import ConversationDataset
 from mllm.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_MODES,
@@ -21,11 +23,9 @@ from mllm.data.records import DataError, RecordOrigin, read_records, record_imag
 from mllm.data.templates import (
     DEFAULT_IMAGE_TOKEN,
     TEMPLATES,
-    ConversationError,
     Segment,
     Template,
     get_template,
-    parse_conversation,
 )
 from mllm.data.tokenize import (
     IGNORE_INDEX,

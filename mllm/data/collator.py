@@ -6,7 +6,7 @@ is the order of the placeholder blocks for right and left padding alike. Samples
 feature cache carry ``image_features`` instead, concatenated the same way.
 
 Samples that could not be loaded under ``on_bad_record: skip`` arrive as
-:class:`~mllm.data.dataset.BadRecord`; they are dropped from the batch (never replaced by
+:class:`~mllm.data.bad_records.BadRecord`; they are dropped from the batch (never replaced by
 another sample) and listed under the batch's ``"skipped"`` key, which the training loop must
 pop, count and log before calling the model. A batch whose samples were all dropped has zero
 rows.
@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from mllm.data.dataset import BadRecord
+from mllm.data.bad_records import BadRecord
 from mllm.data.tokenize import IGNORE_INDEX
 
 

@@ -28,28 +28,37 @@ a ``feature_cache``), so memory stays at the size of the records.
 
 Under ``image_aspect_ratio: anyres`` (``mllm.data.anyres``) an image's placeholder count
 depends on its size: the construction pass reads every image file's header once (no
-decoding) to count exactly, and an image it cannot read makes its record bad there.
+decoding; ``mllm.data.anyres_counts``) to count exactly, and an image it cannot read makes
+its record bad there. Bad records, their messages and logs are ``mllm.data.bad_records``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 
-from mllm.data.anyres import ANYRES, AnyresSpec, read_header_sizes
+from mllm.data.anyres import ANYRES, AnyresSpec
+from mllm.data.anyres_counts import HeaderTokenCounts
+from mllm.data.bad_records import (
+    BadRecord,
+    BadRecordPolicy,
+    data_files,
+    fail_message,
+    log_skipped,
+    nothing_left_message,
+    record_where,
+)
 from mllm.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_MODES,
     ImageLoadError,
     ImageMode,
-    image_error_kind,
     load_sample_image,
 )
 from mllm.data.records import DataError, RecordOrigin, read_files, record_images
@@ -75,22 +84,6 @@ Record = Mapping[str, Any]
 
 # Records tokenized per tokenizer call at construction: one call runs in parallel in Rust.
 _CHUNK = 512
-# Bad records listed in a `fail` error; the rest are counted.
-_LISTED = 20
-
-BadRecordPolicy = Literal["fail", "skip"]
-
-
-class BadRecord(NamedTuple):
-    """A record left out of training: where (``file: record N (id X)``), kind and reason.
-
-    Also what ``ConversationDataset.__getitem__`` returns under ``skip`` for a sample whose
-    image cannot be loaded; :class:`~mllm.data.collator.DataCollator` drops it from the batch.
-    """
-
-    where: str
-    kind: str
-    reason: str
 
 
 class ConversationDataset(Dataset):
@@ -185,7 +178,9 @@ class ConversationDataset(Dataset):
         self.dropped: list[BadRecord] = []
         self.truncated = 0
         self._image_token_id = check_tokenizer(tokenizer, template, image_token=image_token)
-        sizes: dict[str, tuple[int, int] | ImageLoadError] = {}  # anyres: each file once
+        header_counts = None
+        if anyres is not None:  # each image file's header read once, in threads
+            header_counts = HeaderTokenCounts(anyres, self.image_folder, max_image_pixels)
         for first in range(0, len(records), _CHUNK):
             valid: list[int] = []
             rendered: list[tuple[str, list[tuple[int, int]]]] = []
@@ -198,23 +193,18 @@ class ConversationDataset(Dataset):
                     self.dropped.append(BadRecord(self._where(index), checked.kind, reason))
                     continue
                 well_formed.append((index, checked))
-            if anyres is not None:  # the chunk's headers in parallel threads (I/O-bound)
-                chunk_paths = [path for _, checked in well_formed for path in checked.images]
-                read_header_sizes(self.image_folder, chunk_paths, sizes, max_image_pixels)
-            for index, checked in well_formed:
+            per_record = None
+            if header_counts is not None:
+                images = [checked.images for _, checked in well_formed]
+                per_record = header_counts.per_record(images)
+            for position, (index, checked) in enumerate(well_formed):
                 assert checked.rendered is not None  # a template was given
-                if anyres is not None:
-                    try:
-                        counts.append(
-                            anyres.header_counts(
-                                self.image_folder, checked.images, sizes, max_image_pixels
-                            )
-                        )
-                    except ImageLoadError as err:
-                        reason = f"field 'image': {err}"
-                        kind = image_error_kind(err)
-                        self.dropped.append(BadRecord(self._where(index), kind, reason))
+                if per_record is not None:
+                    found = per_record[position]
+                    if isinstance(found, ImageLoadError):
+                        self.dropped.append(BadRecord.for_image(self._where(index), found))
                         continue
+                    counts.append(found)
                 valid.append(index)
                 rendered.append(checked.rendered)
             tokenized = self._tokenize_rendered(rendered, counts if anyres else None)
@@ -227,17 +217,12 @@ class ConversationDataset(Dataset):
                 self.has_image.append(sample.num_images > 0)
                 self.truncated += sample.full_length > max_length
         if self.dropped and on_bad_record == "fail":
-            raise DataError(self._bad_records_message())
+            raise DataError(fail_message(self.dropped, len(records)))
         if any(self.has_image) and image_processor is None:
             raise ValueError("records have images but no image_processor was given")
         if not self._kept:
-            kinds = Counter(bad.kind for bad in self.dropped)
-            summary = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
-            raise DataError(
-                f"{self._files()}: no trainable records ({len(records)} read, "
-                f"{len(self.dropped)} skipped{': ' + summary if summary else ''})"
-            )
-        self._log_skipped(self.dropped)
+            raise DataError(nothing_left_message(data_files(origins), len(records), self.dropped))
+        log_skipped(self.dropped, len(records), logger)
         if self.truncated:
             logger.info(
                 "%d of %d samples are longer than max_length=%d and cut at the tail",
@@ -293,15 +278,16 @@ class ConversationDataset(Dataset):
         found = [bad[position] for position in sorted(bad)]
         if self.on_bad_record == "fail":
             self.dropped = found
-            raise DataError(self._bad_records_message())
+            raise DataError(fail_message(self.dropped, len(self.records)))
         self.dropped.extend(found)
         keep = [position for position in range(len(self._kept)) if position not in bad]
         self._kept = [self._kept[position] for position in keep]
         self.lengths = [self.lengths[position] for position in keep]
         self.has_image = [self.has_image[position] for position in keep]
         if not self._kept:
-            raise DataError(f"{self._files()}: no trainable records left after the image check")
-        self._log_skipped(found)
+            files = data_files(self._origins)
+            raise DataError(f"{files}: no trainable records left after the image check")
+        log_skipped(found, len(self.records), logger)
         return len(found)
 
     def image_paths(self) -> list[str]:
@@ -313,38 +299,6 @@ class ConversationDataset(Dataset):
         where = self._where(self._kept[position])
         assert result.kind is not None
         return BadRecord(where, result.kind, f"field 'image': {path!r}: {result.reason}")
-
-    def _files(self) -> str:
-        return ", ".join(sorted({origin.file for origin in self._origins or ()}) or ["<records>"])
-
-    def _bad_records_message(self) -> str:
-        files = ", ".join(
-            dict.fromkeys(bad.where.rsplit(": record ", 1)[0] for bad in self.dropped)
-        )
-        lines = [
-            f"{files}: {len(self.dropped)} of {len(self.records)} records cannot be "
-            f"trained on (data.on_bad_record is 'fail'; 'skip' drops them; "
-            "`mllm data check` lists them all):"
-        ]
-        lines += [f"  {bad.where}, {bad.reason} [{bad.kind}]" for bad in self.dropped[:_LISTED]]
-        if len(self.dropped) > _LISTED:
-            lines.append(f"  ... and {len(self.dropped) - _LISTED} more")
-        return "\n".join(lines)
-
-    def _log_skipped(self, skipped: list[BadRecord]) -> None:
-        """One warning per kind of skipped record, with the count and the first example."""
-        by_kind: dict[str, list[BadRecord]] = {}
-        for bad in skipped:
-            by_kind.setdefault(bad.kind, []).append(bad)
-        for kind, bads in sorted(by_kind.items(), key=lambda item: -len(item[1])):
-            logger.warning(
-                "skipped %d of %d records: %s (first: %s, %s)",
-                len(bads),
-                len(self.records),
-                kind,
-                bads[0].where,
-                bads[0].reason,
-            )
 
     @classmethod
     def from_files(
@@ -390,8 +344,7 @@ class ConversationDataset(Dataset):
             elif checked.images:
                 images["pixel_values"] = torch.stack([self._load(p) for p in checked.images])
         except ImageLoadError as err:
-            where, kind = self._where(record_index), image_error_kind(err)
-            bad = BadRecord(where, kind, f"field 'image': {err}")
+            bad = BadRecord.for_image(self._where(record_index), err)
             if self.on_bad_record == "fail":
                 raise DataError(f"{bad.where}, {bad.reason}") from None
             return bad
@@ -434,11 +387,4 @@ class ConversationDataset(Dataset):
 
     def _where(self, record_index: int) -> str:
         """``file: record N (id X)`` for messages."""
-        if self._origins is None:
-            file, index = "<records>", record_index
-        else:
-            origin = self._origins[record_index]
-            file, index = origin.file, origin.index
-        record = self.records[record_index]
-        record_id = record.get("id") if isinstance(record, Mapping) else None
-        return f"{file}: record {index} (id {record_id!r})"
+        return record_where(self.records, self._origins, record_index)

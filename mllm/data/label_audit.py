@@ -9,10 +9,10 @@ generate, often a lone ``'▁'`` before ``"2"`` or a byte-fallback word (issue 1
 target. The labels are the ones training uses (``tokenize_rendered``); the positions come from
 the prompt's tokens, not from the character-overlap rule that made those labels.
 
-- :func:`audit_rendered` audits every reply of many records (``mllm data check``). Each
-  reply's prompt is rendered with ``generation_prompt``, but only its last
-  ``_WINDOW_CHARS`` characters are tokenized and compared with the training tokens (in one
-  batched call); a disagreement is settled by tokenizing the whole prompt.
+- :func:`audit_rendered` audits every reply of many records (``mllm data check``). Where
+  each reply's prompt ends in the training tokens, and whether it is a prefix of them, comes
+  from ``mllm.data.prompt_boundaries`` (prompt tails tokenized in one batched call); this
+  module judges the labels at that point.
 - :func:`probe_pair` / :func:`check_pair` tokenize a few probe conversations whole, to reject
   a tokenizer/template pair before anything trains.
 """
@@ -20,13 +20,19 @@ the prompt's tokens, not from the character-overlap rule that made those labels.
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
+from mllm.data.prompt_boundaries import (
+    TAIL_TOKENS,
+    PromptBoundary,
+    check_prefixes,
+    locate_boundaries,
+    settle_prefixes,
+)
 from mllm.data.templates import DEFAULT_IMAGE_TOKEN, Template
 from mllm.data.tokenize import (
     IGNORE_INDEX,
@@ -48,12 +54,6 @@ ProblemKind = Literal["first_token_untrained", "reply_untrained", "prompt_not_pr
 PROBE_REPLIES = ("2", "1999", "Yellow", "日本", "(B)", "A cat.")
 LEGEND = "| = end of the generation prompt, * = target"
 
-# Prompt characters re-tokenized to check a reply's prompt against the training tokens: the
-# end of a text is where tokenizers behave differently (a trailing space, a cut word).
-_WINDOW_CHARS = 32
-_SKIPPED = 4  # window tokens at most that may differ from training's at the window's start
-_SHOWN = 3  # tokens shown on each side of a boundary
-_start, _end = itemgetter(0), itemgetter(1)
 _SAYS = {
     "first_token_untrained": "the first token to generate is not a target",
     "reply_untrained": "no token of the reply is a target",
@@ -85,19 +85,6 @@ class AuditedSample:
     sample: TokenizedSample | DroppedSample
     replies: int  # replies audited: 0 for a dropped sample
     problems: tuple[ReplyProblem, ...]
-
-
-@dataclass(slots=True)
-class _Boundary:
-    """Where a reply's generation prompt ends in its sample's training tokens."""
-
-    sample: int
-    end: int  # characters of the prompt
-    tokens: int  # training tokens before that point: the prompt's length if it is a prefix
-    straddle: bool  # a training token runs across the prompt's end
-    other_text: str | None  # the prompt, when the training text does not start with it
-    prefix: bool = False
-    prompt_tail: tuple[int, ...] = ()
 
 
 def audit_rendered(
@@ -146,14 +133,16 @@ def audit_rendered(
     boundaries = [
         []
         if isinstance(sample, DroppedSample)
-        else _boundaries(index, turns, texts[index], all_offsets[index], template, image_token)
+        else locate_boundaries(
+            index, turns, texts[index], all_offsets[index], template, image_token
+        )
         for index, (turns, sample) in enumerate(zip(conversations, samples, strict=True))
     ]
     flat = [b for per_sample in boundaries for b in per_sample]
     if whole_prompts:
-        _settle(flat, texts, all_ids, tokenizer)
+        settle_prefixes(flat, texts, all_ids, tokenizer)
     else:
-        _check_prefixes(flat, texts, all_ids, all_offsets, tokenizer)
+        check_prefixes(flat, texts, all_ids, all_offsets, tokenizer)
     audited = []
     for index, sample in enumerate(samples):
         if isinstance(sample, DroppedSample):
@@ -164,97 +153,6 @@ def audit_rendered(
         found = _judge_sample(boundaries[index], view, truncated=sample.full_length > max_length)
         audited.append(AuditedSample(sample, len(boundaries[index]), tuple(found)))
     return audited
-
-
-def _boundaries(
-    sample: int,
-    turns: Sequence[Mapping[str, Any]],
-    text: str,
-    offsets: Sequence[tuple[int, int]],
-    template: Template,
-    image_token: str,
-) -> list[_Boundary]:
-    """Each gpt reply's generation prompt, located in the training text and tokens (tokens
-    the tokenizer adds trail with empty spans at 0 and are left out of the search)."""
-    size = len(offsets)
-    while size > 1 and offsets[size - 1] == (0, 0):
-        size -= 1
-    found = []
-    for turn, value in enumerate(turns):
-        if str(value.get("from", "")).lower() not in ("gpt", "assistant"):
-            continue
-        prompt = template.generation_prompt(turns[:turn], image_token=image_token)
-        end = len(prompt)
-        tokens = bisect_right(offsets, end, hi=size, key=_end)
-        straddle = tokens < size and offsets[tokens][0] < end
-        other = None if text.startswith(prompt) else prompt
-        found.append(_Boundary(sample, end, tokens, straddle, other))
-    return found
-
-
-def _check_prefixes(
-    boundaries: list[_Boundary],
-    texts: Sequence[str],
-    all_ids: Sequence[list[int]],
-    all_offsets: Sequence[Sequence[tuple[int, int]]],
-    tokenizer: PreTrainedTokenizerBase,
-) -> None:
-    """Set ``prefix`` and ``prompt_tail``: the prompt's last characters are tokenized (one
-    batched call) and compared, from the end, with the training tokens before its end.
-    Prompts that disagree, or are too short for a window, are tokenized whole."""
-    windows: list[tuple[_Boundary, int]] = []  # boundary, first character
-    whole: list[_Boundary] = []
-    for b in boundaries:
-        offsets = all_offsets[b.sample]
-        lead = 0
-        while lead < b.tokens and offsets[lead][1] == 0:  # BOS and other added tokens
-            lead += 1
-        first = bisect_left(offsets, b.end - _WINDOW_CHARS, lo=lead, hi=b.tokens, key=_start)
-        if b.other_text is not None or b.tokens - first < 3 or offsets[first][0] == 0:
-            whole.append(b)
-        else:
-            windows.append((b, offsets[first][0]))
-    # The Rust tokenizer directly when it pads and truncates nothing: transformers' conversion
-    # of each encoding would cost more than tokenizing these short texts.
-    tails = [texts[b.sample][start : b.end] for b, start in windows]
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.padding or backend.truncation:
-        encoded = tokenizer(tails, add_special_tokens=False)["input_ids"] if tails else []
-    else:
-        encoded = [e.ids for e in backend.encode_batch(tails, add_special_tokens=False)]
-    for (b, _), w_ids in zip(windows, encoded, strict=True):
-        b.prompt_tail = tuple(w_ids[-_SHOWN:])
-        if b.straddle:
-            continue  # a token crosses the prompt's end: certainly not a prefix
-        ids, stop = all_ids[b.sample], b.tokens
-        # The window's first word may tokenize differently (tokenizers treat a text's start
-        # specially); its other tokens must be the training tokens before the prompt's end.
-        b.prefix = any(
-            stop - len(w_ids) + skip >= 0 and w_ids[skip:] == ids[stop - len(w_ids) + skip : stop]
-            for skip in range(1, min(_SKIPPED, len(w_ids) - 2) + 1)
-        )
-        if not b.prefix:
-            whole.append(b)
-    if whole:
-        _settle(whole, texts, all_ids, tokenizer)
-
-
-def _settle(
-    boundaries: list[_Boundary],
-    texts: Sequence[str],
-    all_ids: Sequence[list[int]],
-    tokenizer: PreTrainedTokenizerBase,
-) -> None:
-    """Tokenize whole prompts as inference does; a prefix sets the reply's position."""
-    if not boundaries:
-        return
-    prompts = [b.other_text or texts[b.sample][: b.end] for b in boundaries]
-    encoded = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False)
-    for b, prompt in zip(boundaries, encoded["input_ids"], strict=True):
-        b.prompt_tail = tuple(prompt[-_SHOWN:])
-        b.prefix = b.other_text is None and all_ids[b.sample][: len(prompt)] == prompt
-        if b.prefix:
-            b.tokens = len(prompt)
 
 
 class _View:
@@ -294,7 +192,7 @@ class _View:
 
 
 def _judge_sample(
-    boundaries: list[_Boundary], view: _View, *, truncated: bool
+    boundaries: list[PromptBoundary], view: _View, *, truncated: bool
 ) -> list[ReplyProblem]:
     """Each reply's problem, if any, from the labels at and after its prompt's end."""
     labels, problems = view.labels, []
@@ -317,11 +215,14 @@ def _judge_sample(
     return problems
 
 
-def _show_boundary(b: _Boundary, kind: ProblemKind, view: _View) -> str:
+def _show_boundary(b: PromptBoundary, kind: ProblemKind, view: _View) -> str:
     """``'N' 'T' ':' | '▁' '2'* '</s>'*``; for a mismatch, the prompt's own last tokens too."""
     if kind == "reply_cut":
         return f"its prompt ends at token {view.expanded(b.tokens)}; {len(view.labels)} are kept"
-    before, after = view.shown(b.tokens - _SHOWN, b.tokens), view.shown(b.tokens, b.tokens + _SHOWN)
+    before, after = (
+        view.shown(b.tokens - TAIL_TOKENS, b.tokens),
+        view.shown(b.tokens, b.tokens + TAIL_TOKENS),
+    )
     if kind != "prompt_not_prefix":
         return " ".join([*before, "|", *after])
     prompt = " ".join(map(repr, view.tokenizer.convert_ids_to_tokens(list(b.prompt_tail))))

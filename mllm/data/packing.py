@@ -40,8 +40,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from mllm.data.bad_records import BadRecord
 from mllm.data.collator import DataCollator, check_sample, image_inputs, separate_bad_records
-from mllm.data.dataset import BadRecord
 from mllm.data.row_width import pack_width
 from mllm.data.tokenize import IGNORE_INDEX
 

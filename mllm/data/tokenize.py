@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from mllm.data.templates import ConversationError, Template
+from mllm.data.conversation import ConversationError
+from mllm.data.templates import Template
 
 if TYPE_CHECKING:  # annotations only: keeps `import mllm.data` from loading transformers
     from transformers import PreTrainedTokenizerBase

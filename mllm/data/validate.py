@@ -12,12 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mllm.data.conversation import ASSISTANT_ROLES, USER_ROLES, ConversationError
 from mllm.data.images import unsafe_path_reason
-from mllm.data.templates import ConversationError, Template
+from mllm.data.templates import Template
 from mllm.data.tokenize import render_text
-
-_USER_ROLES = frozenset({"human", "user"})
-_ASSISTANT_ROLES = frozenset({"gpt", "assistant"})
 
 #: Every kind :func:`check_record` reports, with what it means (for ``--help`` and docs).
 RECORD_KINDS: dict[str, str] = {
@@ -180,7 +178,7 @@ def _images(record: Mapping[str, Any]) -> list[str] | RecordProblem:
 
 
 def _check_turns(conversation: list[Any]) -> RecordProblem | None:
-    """Types, roles and order, mirroring ``templates.parse_conversation`` with kinds."""
+    """Types, roles and order, mirroring ``conversation.parse_conversation`` with kinds."""
     expected = "user"
     body = 0
     for index, turn in enumerate(conversation):
@@ -203,9 +201,9 @@ def _check_turns(conversation: list[Any]) -> RecordProblem | None:
                     "misplaced_system", field, f"turn {index} is a system turn; only turn 0 may be"
                 )
             continue
-        if role in _USER_ROLES:
+        if role in USER_ROLES:
             actual = "user"
-        elif role in _ASSISTANT_ROLES:
+        elif role in ASSISTANT_ROLES:
             actual = "assistant"
         else:
             return RecordProblem(
@@ -237,11 +235,11 @@ def _check_empty(turns: list[dict[str, Any]]) -> RecordProblem | None:
     for index, turn in enumerate(turns):
         role = turn["from"].lower()
         value = turn["value"]
-        if role in _ASSISTANT_ROLES and not value.strip():
+        if role in ASSISTANT_ROLES and not value.strip():
             return RecordProblem(
                 "empty_turn", f"conversations[{index}].value", "the gpt reply is empty"
             )
-        if role in _USER_ROLES and not value.strip():  # an image marker counts as content
+        if role in USER_ROLES and not value.strip():  # an image marker counts as content
             return RecordProblem(
                 "empty_turn", f"conversations[{index}].value", "the human turn is empty"
             )

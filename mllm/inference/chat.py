@@ -10,8 +10,8 @@ from typing import TextIO
 from PIL import Image
 
 from mllm.checkpoint import LoadedModel
+from mllm.data.conversation import ConversationError
 from mllm.data.images import ImageLoadError
-from mllm.data.templates import ConversationError
 from mllm.inference.generate import GenerationRequest, SamplingSettings, stream
 from mllm.inference.inputs import image_question, read_image
 

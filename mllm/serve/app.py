@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mllm.data.templates import ConversationError
+from mllm.data.conversation import ConversationError
 from mllm.inference.loading import LoadedModel
 from mllm.inference.prompts import check_request
 from mllm.serve import openai_api as api

@@ -15,10 +15,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mllm.config import RecipeConfig
 from mllm.models.assembly import BuiltModel
 from mllm.training.deepspeed_config import offloads_optimizer
-from mllm.training.distributed import Runtime, all_reduce_sum
+from mllm.training.distributed import Runtime
 from mllm.training.early_stop import EarlyStopping
 from mllm.training.interrupt import StopRequests, TrainingInterrupted
 from mllm.training.lr_schedule import build_lr_scheduler
+from mllm.training.metric_window import MetricWindow, sample_tokens
 from mllm.training.metrics import MetricsLogger, global_grad_norm
 from mllm.training.sampler import (
     StepBatchSampler,
@@ -165,7 +166,7 @@ class Trainer:
         # Log lines during the loop go through tqdm, above the bar instead of through it.
         with logging_redirect_tqdm():
             with StopRequests() as stop:
-                last = self._run_steps(model, progress, _new_window(), stop)
+                last = self._run_steps(model, progress, MetricWindow(), stop)
             if self.validator is not None and self._validated_step != self.step:
                 self._validate(progress)
         if self.validation is not None:
@@ -195,7 +196,7 @@ class Trainer:
         return last
 
     def _run_steps(
-        self, model, progress: tqdm, window: dict, stop: StopRequests
+        self, model, progress: tqdm, window: MetricWindow, stop: StopRequests
     ) -> dict[str, float]:
         last: dict[str, float] = {}
         micro = 0
@@ -207,15 +208,15 @@ class Trainer:
             if batch is None:
                 break
             skipped = batch.pop("skipped", ())
-            window["skipped"] += self._note_skipped(skipped)
-            tokens = _sample_tokens(batch)
+            window.skipped += self._note_skipped(skipped)
+            tokens = sample_tokens(batch)
             if batch["input_ids"].shape[0]:
                 batch = self._to_device(batch)
                 with timer.section("forward"):
                     loss = model(**batch).loss
-                    window["loss"] += loss.item()
-                window["micro"] += 1
-                window["tokens"] += tokens
+                    window.loss += loss.item()
+                window.micro += 1
+                window.tokens += tokens
             else:
                 loss = self._zero_loss(model)
             with timer.section("backward"):
@@ -239,7 +240,7 @@ class Trainer:
             progress.update(1)
             if self.step % self.stage.log_every == 0 or self.step == self.total_steps:
                 last = self._log(window, progress)
-                window = _new_window()
+                window = MetricWindow()
             if self._validation_due():
                 self._validate(progress)
                 if self.early_stop is not None and self.early_stop.should_stop:
@@ -315,19 +316,8 @@ class Trainer:
             dummy["image_features"] = cache.features([])  # [0, P, D]
         return model(**self._to_device(dummy)).logits.sum() * 0.0
 
-    def _log(self, window: dict, progress: tqdm) -> dict[str, float]:
-        loss_sum, micro, tokens, skipped = all_reduce_sum(
-            [window["loss"], window["micro"], window["tokens"], window["skipped"]],
-            self.runtime.device,
-        )
-        elapsed = time.perf_counter() - window["start"]
-        values = {
-            "loss": loss_sum / max(micro, 1),
-            "lr": self.scheduler.get_last_lr()[0],
-            "tokens_per_s": tokens / max(elapsed, 1e-9),
-        }
-        if skipped:
-            values["skipped_samples"] = skipped
+    def _log(self, window: MetricWindow, progress: tqdm) -> dict[str, float]:
+        values = window.row(self.runtime.device, lr=self.scheduler.get_last_lr()[0])
         grad_norm = self._grad_norm if self._own_grad_norm else self.engine.get_global_grad_norm()
         if grad_norm is not None:  # this (the logged) optimizer step's norm, before clipping
             values["grad_norm"] = float(grad_norm)
@@ -387,17 +377,3 @@ class Trainer:
         self.metrics.drop_after(self.step)  # rows a killed run logged past its last checkpoint
         logger.info("resumed from %s at step %d of %d", point.folder, self.step, self.total_steps)
         return True
-
-
-def _sample_tokens(batch: dict) -> int:
-    """Tokens of the batch's samples, padding excluded; a packed batch brings its count."""
-    count = batch.pop("num_tokens", None)
-    if count is not None:
-        return int(count)
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-
-
-def _new_window() -> dict:
-    """Accumulators between two metric rows."""
-    return {"loss": 0.0, "micro": 0, "tokens": 0, "skipped": 0, "start": time.perf_counter()}

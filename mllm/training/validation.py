@@ -33,10 +33,10 @@ from PIL import Image
 from mllm.checkpoint import LoadedModel
 from mllm.config.schema import EvalConfig, RecipeConfig
 from mllm.data.collator import DataCollator
+from mllm.data.conversation import ConversationError, parse_conversation
 from mllm.data.dataset import ConversationDataset
 from mllm.data.images import ImageLoadError, load_image, resolve_image_path
 from mllm.data.records import DataError, record_images
-from mllm.data.templates import ConversationError, parse_conversation
 from mllm.data.tokenize import IGNORE_INDEX
 from mllm.data.validate import place_image_markers
 from mllm.eval.scoring import is_correct

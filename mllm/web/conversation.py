@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from mllm.checkpoint import LoadedModel
-from mllm.data.templates import ConversationError
+from mllm.data.conversation import ConversationError
 from mllm.inference.chat import ChatSession
 from mllm.inference.generate import SamplingSettings
 

@@ -16,7 +16,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from mllm.data.anyres import AnyresSpec, read_header_sizes
+from mllm.data.anyres import AnyresSpec
+from mllm.data.anyres_counts import HeaderTokenCounts
+from mllm.data.conversation import ASSISTANT_ROLES
 from mllm.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
 from mllm.data.label_audit import AuditedSample, audit_rendered, pair_message, probe_pair
 from mllm.data.preflight.image_check import ImageResult, inspect_all, locate
@@ -270,16 +272,15 @@ def _anyres_counts(
     """The records whose anyres image sizes can be read from their headers, with each one's
     placeholders per image, as training counts them; the others are left out of the token
     pass (the image pass reports them) and counted in a note."""
-    sizes: dict[str, tuple[int, int] | ImageLoadError] = {}
-    paths = [path for _, checked in valid for path in checked.images]
-    read_header_sizes(image_folder, paths, sizes, max_pixels)  # in threads
+    per_record = HeaderTokenCounts(anyres, image_folder, max_pixels).per_record(
+        [checked.images for _, checked in valid]
+    )
     kept, counts = [], []
-    for ref, checked in valid:
-        try:
-            counts.append(anyres.header_counts(image_folder, checked.images, sizes, max_pixels))
-        except ImageLoadError:
+    for (ref, checked), record_counts in zip(valid, per_record, strict=True):
+        if isinstance(record_counts, ImageLoadError):
             continue
         kept.append((ref, checked))
+        counts.append(record_counts)
     if len(kept) < len(valid):
         report.notes.append(
             f"{len(valid) - len(kept)} records with unreadable images are left out of the "
@@ -315,9 +316,7 @@ def _label_findings(
     if not result.problems:
         return
     gpt_turns = [
-        index
-        for index, turn in enumerate(conversation)
-        if turn["from"].lower() in ("gpt", "assistant")
+        index for index, turn in enumerate(conversation) if turn["from"].lower() in ASSISTANT_ROLES
     ]
     for problem in result.problems:
         turn = gpt_turns[problem.reply] if problem.reply < len(gpt_turns) else "?"

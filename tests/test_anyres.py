@@ -434,7 +434,7 @@ def test_an_anyres_recipe_trains_padded_and_packed_then_generates(tiny_dirs, tmp
     [
         ("llava_next_vicuna_7b", "lmsys/vicuna-7b-v1.5", "vicuna_v1"),
         ("llava_next_mistral_7b", "mistralai/Mistral-7B-Instruct-v0.2", "mistral"),
-        ("llava_next_llama3_8b", "meta-llama/Meta-Llama-3-8B-Instruct", "llama3"),
+        ("llava_next_llama3_8b", "meta-llama/Meta-Llama-3-8B-Instruct", "llava_llama_3"),
     ],
 )
 def test_llava_next_recipes_have_published_settings(name, llm, template):

@@ -151,3 +151,82 @@ def test_a_chat_template_with_logic_templates_cannot_express_is_refused(tmp_path
     tokenizer.chat_template = None
     with pytest.raises(TokenizerTemplateError, match="has no chat_template"):
         resolve_template("tokenizer", tokenizer)
+
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer(tmp_path_factory) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(
+        make_family_tokenizer(tmp_path_factory.mktemp("llava_llama_3"), "llama3")
+    )
+    tokenizer.add_tokens([IMAGE], special_tokens=True)
+    return tokenizer
+
+
+def test_llava_llama_3_renders_llama3_s_template_under_llava_next_s_system_prompt(
+    llama3_tokenizer,
+) -> None:
+    """LLaVA-NeXT's conv_llava_llama_3 sends its system prompt first through the chat template."""
+    template = get_template("llava_llama_3")
+    system = {"role": "system", "content": template.default_system}
+    bos = llama3_tokenizer.bos_token
+    for messages in (TURNS[:2], TURNS):
+        ours = "".join(segment.text for segment in template.render(llava(messages)))
+        assert official(llama3_tokenizer, [system, *messages]) == bos + ours
+        tokens = official(llama3_tokenizer, [system, *messages], tokenize=True)
+        assert llama3_tokenizer(ours).input_ids == tokens
+        prompt = template.generation_prompt(llava(messages[:-1]))
+        assert official(llama3_tokenizer, [system, *messages[:-1]], generation=True) == bos + prompt
+    # a conversation's own system prompt replaces LLaVA-NeXT's, as for llama3
+    ours = "".join(segment.text for segment in template.render(llava([SYSTEM, *TURNS])))
+    assert official(llama3_tokenizer, [SYSTEM, *TURNS]) == bos + ours
+
+
+def llava_next_preprocess_llama3(tokenizer, source: list[dict[str, str]], system: str):
+    """LLaVA-NeXT's train.py ``preprocess_llama3``, restated: the system block through the chat
+    template (BOS first), then each turn through it alone with its BOS dropped; replies train
+    with their headers, and every BOS, header and <|eot_id|> token trains wherever it stands."""
+    roles = {"human": "user", "gpt": "assistant"}
+
+    def chat(messages: list[dict[str, str]]) -> list[int]:
+        return tokenizer.apply_chat_template(messages, return_dict=False)
+
+    input_ids = chat([{"role": "system", "content": system}])
+    targets = [IGNORE_INDEX] * len(input_ids)
+    for turn in source:
+        role = roles[turn["from"]]
+        encoded = chat([{"role": role, "content": turn["value"]}])[1:]
+        input_ids += encoded
+        targets += encoded if role == "assistant" else [IGNORE_INDEX] * len(encoded)
+    unmask = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "\n\n")
+    unmasked = {tokenizer.convert_tokens_to_ids(token) for token in unmask}
+    targets = [i if i in unmasked else t for i, t in zip(input_ids, targets, strict=True)]
+    return input_ids, targets
+
+
+def test_llava_llama_3_ids_are_llava_next_s_training_ids(llama3_tokenizer) -> None:
+    """The same ids as ``preprocess_llama3`` (one BOS); mllm trains the replies and their
+    <|eot_id|> only, a subset of LLaVA-NeXT's labels, which also train the headers and BOS."""
+    template = get_template("llava_llama_3")
+    markers = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+    special = set(llama3_tokenizer.convert_tokens_to_ids(list(markers)))
+    for messages in (TURNS[:2], TURNS):
+        source = llava(messages)
+        sample = tokenize_conversation(
+            source,
+            template,
+            llama3_tokenizer,
+            image_token=IMAGE,
+            num_image_tokens=1,
+            max_length=512,
+        )
+        ids, labels = llava_next_preprocess_llama3(
+            llama3_tokenizer, source, template.default_system
+        )
+        assert sample.input_ids == ids
+        assert ids.count(llama3_tokenizer.bos_token_id) == 1
+        extra = []
+        for token, ours, theirs in zip(ids, sample.labels, labels, strict=True):
+            assert ours in (IGNORE_INDEX, theirs)
+            if ours == IGNORE_INDEX and theirs != IGNORE_INDEX and token not in special:
+                extra.append(token)
+        assert llama3_tokenizer.decode(extra).replace("assistant\n\n", "") == ""

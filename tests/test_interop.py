@@ -209,7 +209,7 @@ def test_llava_stage1_projector_needs_its_base_llm(tiny, tmp_path):
     ("change", "message"),
     [
         ({"mm_projector_type": "qformer"}, "mm_projector_type 'qformer'"),
-        ({"image_aspect_ratio": "anyres"}, "image_aspect_ratio 'anyres'"),
+        ({"image_aspect_ratio": "anyres"}, "mm_patch_merge_type 'flat'"),  # NeXT: spatial_unpad
         ({"mm_use_im_start_end": True}, "mm_use_im_start_end"),
         ({"architectures": ["LlavaMptForCausalLM"]}, "LlavaMptForCausalLM"),
     ],

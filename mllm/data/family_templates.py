@@ -37,6 +37,23 @@ LLAMA3 = _register(
     )
 )
 
+# LLaVA-NeXT's ``llava_llama_3`` conversation (lmms-lab/llama3-llava-next-8b): Llama-3's turns
+# under LLaVA-NeXT's default system prompt. Its training (``preprocess_llama3``) tokenizes
+# exactly this text with one BOS; its inference renders it through the tokenizer's chat
+# template and tokenizes that again with a BOS, so an imported LLaVA-NeXT folder sees two
+# (``mllm.interop.llava_prompts``).
+LLAVA_LLAMA3 = _register(
+    replace(
+        LLAMA3,
+        name="llava_llama_3",
+        default_system=(
+            "You are a helpful language and vision assistant. You are able to understand the "
+            "visual content that the user provides, and assist the user with a variety of tasks "
+            "using natural language."
+        ),
+    )
+)
+
 # Qwen2's ChatML: "<|im_start|>role\ntext<|im_end|>\n"; the newline after <|im_end|> is
 # scaffolding for the next turn, so it is not trained.
 CHATML = _register(

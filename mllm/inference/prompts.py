@@ -102,17 +102,16 @@ def encode_rendered(
     model, tokenizer = loaded.built.model, loaded.built.tokenizer
     image_token = loaded.built.image_token
     if loaded.manifest.get("prompt_tokenization") == "llava":
-        if image_counts is not None:
-            raise ValueError("anyres images in LLaVA's prompt tokenization are not supported yet")
         # Original LLaVA checkpoints saw prompts tokenized piece by piece around each image.
-        from mllm.interop.llava import llava_prompt_ids
+        from mllm.interop.llava_prompts import llava_prompt_ids
 
         return llava_prompt_ids(
             tokenizer,
             text,
             image_token=image_token,
             image_token_id=model.image_token_id,
-            num_image_tokens=model.num_image_tokens,
+            num_image_tokens=model.num_image_tokens if image_counts is None else image_counts,
+            template=loaded.template,
         )
     ids: list[int] = []
     counts = iter(image_counts) if image_counts is not None else None

@@ -1,10 +1,10 @@
 """Tell which kind of model folder a path is, from what its files say (never from its name).
 
 Three kinds load: an mllm checkpoint (``manifest.json`` with mllm's format), an original
-LLaVA checkpoint (a causal-LM ``config.json`` carrying LLaVA's ``mm_*`` keys; LLaVA-1.5 saves
-``model_type: llava`` there, the same string as transformers' Llava) and a transformers Llava
-folder ("llava-hf": ``model_type: llava`` with ``vision_config`` and ``text_config``), or its
-LLaVA-NeXT counterpart ("llava-next-hf": ``model_type: llava_next``).
+LLaVA or LLaVA-NeXT checkpoint (a causal-LM ``config.json`` carrying LLaVA's ``mm_*`` keys;
+both save ``model_type: llava`` there, the same string as transformers' Llava) and a
+transformers Llava folder ("llava-hf": ``model_type: llava`` with ``vision_config`` and
+``text_config``), or its LLaVA-NeXT counterpart ("llava-next-hf": ``model_type: llava_next``).
 """
 
 from __future__ import annotations

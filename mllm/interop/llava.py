@@ -4,15 +4,17 @@
     config.json        the LLM's config plus LLaVA's keys: architectures [LlavaLlamaForCausalLM],
                        mm_vision_tower (a hub id), mm_projector_type (linear, mlp2x_gelu, ...),
                        mm_hidden_size, mm_vision_select_layer, mm_vision_select_feature,
-                       image_aspect_ratio, mm_use_im_start_end, unfreeze_mm_vision_tower
-    model*.safetensors the LLM (model.*, lm_head.*), the projector (model.mm_projector.*) and the
-                       tower (model.vision_tower.vision_tower.*)
+                       image_aspect_ratio, mm_use_im_start_end, unfreeze_mm_vision_tower;
+                       LLaVA-NeXT adds anyres (``mllm.interop.llava_next``)
+    model*.safetensors the LLM (model.*, lm_head.*), the projector (model.mm_projector.*), the
+                       tower (model.vision_tower.vision_tower.*), LLaVA-NeXT's model.image_newline
     tokenizer files
     stage 1 (projector only): config.json and mm_projector.safetensors; the LLM is a separate
                        base model (LLaVA's --model-base), given as ``base_llm`` / --base-llm
 
 As in LLaVA, the tower comes from ``mm_vision_tower`` unless the config says the tower was
-trained (``unfreeze_mm_vision_tower``), in which case its weights come from the checkpoint.
+trained (``unfreeze_mm_vision_tower``), in which case its weights come from the checkpoint
+(LLaVA-NeXT: see ``tower_from_checkpoint``).
 Nothing is downloaded: pass ``vision_tower_path`` / --vision-tower for a local copy.
 
 CPU:  mllm convert-llava llava-v1.5-7b --out llava-v1.5-7b-safetensors
@@ -32,11 +34,11 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     PreTrainedConfig,
-    PreTrainedTokenizerBase,
 )
 
 from mllm.checkpoint import LoadedModel
 from mllm.config.schema import VisionTowerConfig
+from mllm.interop import llava_next
 from mllm.interop.assemble import (
     assemble,
     imported_manifest,
@@ -44,6 +46,8 @@ from mllm.interop.assemble import (
     load_imported_tokenizer,
 )
 from mllm.interop.detect import ForeignFormatError, detect_format, read_json
+from mllm.interop.llava_next import TOWER_PREFIX
+from mllm.interop.llava_prompts import llava_prompt_ids as llava_prompt_ids  # re-exported
 from mllm.interop.weights import bin_files, convert_bin_files, read_tensors, safetensors_index
 from mllm.models.attention import load_with_attention, resolve_attn_implementation
 from mllm.models.catalog import VISION_TOWERS
@@ -74,13 +78,13 @@ _LLAVA_KEYS = frozenset(
         "tokenizer_padding_side",
         "s2",
         "s2_scales",
+        *llava_next.CONFIG_KEYS,
     }
 )
 #: LLaVA's image_aspect_ratio -> mllm image mode. LLaVA pads only for "pad"; any other value
 #: (None, "square") runs the processor as is, i.e. CLIP's resize and centre crop.
 _IMAGE_MODES = {"pad": "pad", None: "crop", "square": "crop"}
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
-TOWER_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
 
 
@@ -98,6 +102,8 @@ class LlavaSpec:
     mm_hidden_size: int | None
     tower_in_checkpoint: bool
     trained_from: str | None
+    image_grid_pinpoints: list[list[int]] | None
+    template: str | None = None  # None: the family's
 
 
 def read_llava_config(folder: Path) -> LlavaSpec:
@@ -116,6 +122,9 @@ def read_llava_config(folder: Path) -> LlavaSpec:
             f"supported: {', '.join(ARCHITECTURES)}"
         )
     family, config_class = ARCHITECTURES[known[0]]
+    template = None
+    if family == "vicuna" and llava_next.llama3_llm(config, folder):
+        family, template = llava_next.LLAMA3_FAMILY, llava_next.LLAMA3_TEMPLATE
 
     def unsupported(key: str, why: str) -> ForeignFormatError:
         return ForeignFormatError(f"{path}: {key} {config.get(key)!r}: {why}")
@@ -124,9 +133,8 @@ def read_llava_config(folder: Path) -> LlavaSpec:
         raise unsupported("mm_use_im_start_end", "image start/end tokens are not supported")
     if config.get("s2"):
         raise unsupported("s2", "multi-scale (S2) towers are not supported")
+    pinpoints = llava_next.read_anyres_pinpoints(config, path, _IMAGE_MODES)
     aspect = config.get("image_aspect_ratio")
-    if aspect not in _IMAGE_MODES:
-        raise unsupported("image_aspect_ratio", "supported: 'pad', 'square' or unset")
     select = config.get("mm_vision_select_feature", "patch")
     if select not in ("patch", "cls_patch"):
         raise unsupported("mm_vision_select_feature", "supported: 'patch', 'cls_patch'")
@@ -153,10 +161,12 @@ def read_llava_config(folder: Path) -> LlavaSpec:
         tower=str(config["mm_vision_tower"]),
         vision={"name": "clip", "feature_layer": [layer], "select": select},
         projector=projector,
-        image_aspect_ratio=_IMAGE_MODES[aspect],
+        image_aspect_ratio=llava_next.ANYRES if pinpoints else _IMAGE_MODES[aspect],
         mm_hidden_size=config.get("mm_hidden_size"),
-        tower_in_checkpoint=bool(config.get("unfreeze_mm_vision_tower", False)),
+        tower_in_checkpoint=llava_next.tower_trained(config),
         trained_from=config.get("_name_or_path"),
+        image_grid_pinpoints=pinpoints,
+        template=template,
     )
 
 
@@ -189,7 +199,8 @@ def load_llava(
         vision_tower_path: a local copy of the tower config.json names (``mm_vision_tower``).
         base_llm: the LLM a projector-only (stage-1) checkpoint was trained on.
         template: conversation template; default: the LLM family's (``vicuna_v1`` for LLaVA-1.5),
-            ``plain`` for a projector-only checkpoint (LLaVA pretrains with it).
+            ``llava_llama_3`` for a Llama-3 LLaVA-NeXT folder, ``plain`` for a projector-only
+            checkpoint (LLaVA pretrains with it).
 
     Raises:
         ForeignFormatError: pickled weights only, a missing tower or base LLM, or a config value
@@ -221,13 +232,19 @@ def load_llava(
         projector=spec.projector,
         llm={"path": str(base_llm if stage1 else folder), "family": spec.family},
         image_token="<image>",
-        template=template or ("plain" if stage1 else None),
+        template=template or ("plain" if stage1 else spec.template),
         image_aspect_ratio=spec.image_aspect_ratio,
+        image_grid_pinpoints=spec.image_grid_pinpoints,
     )
     attn = resolve_attn_implementation("auto", "warn", f"{folder}")
     vision = _load_tower(recipe.model.vision, spec, dtype, attn)
-    if spec.tower_in_checkpoint:
+    if llava_next.tower_from_checkpoint(
+        spec.tower_in_checkpoint, spec.image_grid_pinpoints, llm_index
+    ):
         _load_tower_weights(vision.encoder, llm_index or {}, folder)
+    projector_state = _projector_tensors(projector_index, spec.projector)
+    if spec.image_grid_pinpoints:
+        projector_state |= llava_next.newline_tensor(llm_index or projector_index, spec.config_path)
     tokenizer = load_imported_tokenizer(recipe)
     if not stage1:
         logger.info("loading the LLM of %s; its tower and projector tensors load apart", folder)
@@ -246,7 +263,7 @@ def load_llava(
         vision=vision,
         llm=llm,
         tokenizer=tokenizer,
-        projector_state=_projector_tensors(projector_index, spec.projector),
+        projector_state=projector_state,
         projector_source=f"{folder} ({PROJECTOR_PREFIX}*)",
         dtype=dtype,
         device=device,
@@ -281,78 +298,16 @@ def _load_tower_weights(encoder: torch.nn.Module, index: dict[str, Path], folder
     state = read_tensors(index, TOWER_PREFIX)
     if not state:
         raise ForeignFormatError(
-            f"{folder}/config.json says unfreeze_mm_vision_tower but the weights hold no "
-            f"{TOWER_PREFIX}* tensors"
+            f"{folder}/config.json says the tower was trained (unfreeze_mm_vision_tower or "
+            f"mm_tunable_parts) but the weights hold no {TOWER_PREFIX}* tensors"
         )
+    state = llava_next.current_tower_names(state, encoder.state_dict().keys())
     try:
         encoder.load_state_dict({k: v.to(encoder.dtype) for k, v in state.items()}, strict=True)
     except RuntimeError as exc:
         raise ForeignFormatError(
             f"{folder}: {TOWER_PREFIX}* tensors do not fit the tower: {exc}"
         ) from None
-
-
-def _sentencepiece_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Ids of ``text`` (with the tokenizer's BOS) as sentencepiece writes them, dummy prefix
-    included.
-
-    Sentencepiece's ``add_dummy_prefix`` puts a ``'▁'`` before the text even when the text
-    starts with a space (``" What"`` -> ``"▁▁What"`` -> ``'▁', '▁W', ...``); a fast tokenizer's
-    Metaspace puts one only where the text does not already start with ``'▁'``. So for text
-    with n leading spaces, sentencepiece's pieces spell n + 1 leading ``'▁'``; where the fast
-    tokenizer's spell only n, the text is tokenized with one more leading space, which hands
-    the BPE model exactly the string sentencepiece sees. Tokenizers that already write the prefix, or use no ``'▁'`` at all
-    (byte-level BPE), are left as they are.
-    """
-    ids = tokenizer(text)["input_ids"]
-    spaces = len(text) - len(text.lstrip(" "))
-    if not spaces:
-        return ids
-    start = int(bool(ids) and ids[0] == tokenizer.bos_token_id)
-    spelled = "".join(tokenizer.convert_ids_to_tokens(ids[start:]))
-    if len(spelled) - len(spelled.lstrip("▁")) == spaces:
-        return tokenizer(" " + text)["input_ids"]
-    return ids
-
-
-def llava_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    *,
-    image_token: str,
-    image_token_id: int,
-    num_image_tokens: int,
-) -> list[int]:
-    """Token ids of ``prompt`` as LLaVA's ``tokenizer_image_token`` builds them, each image
-    marker expanded to ``num_image_tokens`` placeholder ids.
-
-    LLaVA splits the prompt at each image marker and tokenizes every piece alone with the
-    slow sentencepiece tokenizer, each with the tokenizer's BOS, and drops every BOS but the
-    first. Each piece therefore starts with sentencepiece's dummy prefix ``'▁'``, also where
-    it starts with a space (``"<image> What"`` -> ``<image>, '▁', '▁W'``), which tokenizing
-    the whole prompt at once does not produce; LLaVA-trained models saw those tokens. Pieces
-    are tokenized here as sentencepiece does (``_sentencepiece_ids``), whatever the fast
-    tokenizer's ``legacy`` setting.
-
-    Args:
-        tokenizer: The checkpoint's tokenizer (fast), with ``image_token`` added.
-        prompt: The rendered prompt, image markers included.
-        image_token: The image marker in ``prompt``.
-        image_token_id: The placeholder id each marker expands to.
-        num_image_tokens: Placeholders per image.
-
-    Returns:
-        The prompt's ids, BOS first if the tokenizer adds one.
-    """
-    pieces = [_sentencepiece_ids(tokenizer, piece) for piece in prompt.split(image_token)]
-    bos = tokenizer.bos_token_id
-    drop = int(bos is not None and bool(pieces[0]) and pieces[0][0] == bos)
-    ids = pieces[0][:1] if drop else []
-    for index, piece in enumerate(pieces):
-        if index:
-            ids.extend([image_token_id] * num_image_tokens)
-        ids.extend(piece[drop:])
-    return ids
 
 
 def convert_llava(src: str | Path, out: str | Path) -> Path:

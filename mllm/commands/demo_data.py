@@ -1,6 +1,8 @@
 """``mllm demo-data OUT_DIR`` (or ``python -m mllm.demo.shapes OUT_DIR``): write the synthetic
 shapes visual-QA dataset (``mllm.demo.shapes.make_shapes_dataset``), and with
-``--num-grounding N`` its referring split in ``OUT_DIR/grounding`` (``mllm.demo.grounding``)."""
+``--num-grounding N`` its referring split in ``OUT_DIR/grounding`` (``mllm.demo.grounding``),
+with ``--num-resolution N`` the texture task that needs anyres in ``OUT_DIR/resolution``
+(``mllm.demo.resolution``)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also write the referring/grounding split to OUT_DIR/grounding: this many "
         "training images (2-3 expressions each) and --num-test held-out ones, 64 px",
     )
+    parser.add_argument(
+        "--num-resolution",
+        type=int,
+        default=0,
+        help="also write the texture task that needs more than a 32-px view to "
+        "OUT_DIR/resolution: this many training images and --num-test held-out ones",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     dataset = make_shapes_dataset(
@@ -66,4 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for name, path in vars(grounding).items():
             print(f"grounding.{name}: {path}")
+    if args.num_resolution > 0:
+        from mllm.demo.resolution import make_resolution_dataset
+
+        resolution = make_resolution_dataset(
+            args.out_dir / "resolution",
+            num_train=args.num_resolution,
+            num_test=args.num_test,
+            seed=args.seed,
+        )
+        for name, path in vars(resolution).items():
+            print(f"resolution.{name}: {path}")
     return 0

@@ -16,6 +16,7 @@ from mllm.models.attention import (
     load_with_attention,
     resolve_attn_implementation,
 )
+from mllm.models.packed_attention import PACKED_SDPA
 from mllm.training.environment import check_environment
 
 FLASH_PROBLEM = attention.flash_attention_unavailable_reason()
@@ -38,7 +39,8 @@ def test_auto_is_the_default_and_picks_sdpa_without_flash(ws, tmp_path, caplog, 
     assert recipe.model.llm.attn_implementation == "auto"
     with caplog.at_level(logging.INFO, logger="mllm.models.attention"):
         built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
-    assert built.model.llm.config._attn_implementation == "sdpa"
+    # sdpa, with per-sample attention on packed rows (mllm.models.packed_attention)
+    assert built.model.llm.config._attn_implementation == PACKED_SDPA
     assert built.model.vision.encoder.config._attn_implementation == "sdpa"
     assert "auto -> sdpa (no CUDA device)" in caplog.text
 
@@ -66,7 +68,7 @@ def test_flash_where_it_cannot_run_fails_clearly_or_falls_back(ws, tmp_path, cap
     assert check_environment(recipe, list(recipe.stages)) == []
     with caplog.at_level(logging.WARNING, logger="mllm.models.attention"):
         built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
-    assert built.model.llm.config._attn_implementation == "sdpa"
+    assert built.model.llm.config._attn_implementation == PACKED_SDPA  # sdpa's packed form
     assert "flash_attention_2 cannot run here" in caplog.text
 
 

@@ -256,7 +256,7 @@ def test_stage_collator_resolves_auto_and_logs_why(ws, tmp_path, caplog):
         even = stage_collator(stage, built, [100] * 32, key)
         spread = stage_collator(stage, built, [20, 240] * 16, key)
     assert isinstance(even, DataCollator) and isinstance(spread, PackingCollator)
-    assert spread.crossover is not None  # sdpa: a whole-row kernel
+    assert spread.crossover is None  # sdpa runs mllm_packed_sdpa: attention per sample
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(key)]
     assert lines[0].startswith(f"{key}: auto -> padded: samples of 100-100 tokens")
     assert lines[1].startswith(f"{key}: auto -> packed: samples of 20-240 tokens")

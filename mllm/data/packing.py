@@ -5,11 +5,13 @@ LLaVA mix spreads widely (short captions next to long multi-turn dialogues and t
 chat). :class:`PackingCollator` puts the same samples the padding collator would batch into
 as few rows of at most ``max_length`` tokens as they fit, balanced so the rows come out
 nearly equal in length (:func:`plan_rows`), and marks where each sample starts by restarting its ``position_ids``
-at 0. The batch has no ``attention_mask``: transformers then reads the sample boundaries from
-the position ids (``masking_utils.find_packed_sequence_indices``) and confines attention to
-each sample, with a block-diagonal causal mask under ``sdpa``/``eager`` and the
-variable-length kernel under ``flash_attention_2``. The LLM must be called without a KV cache
-for that (``MultimodalModel.forward`` does so for packed batches).
+at 0. The batch has no ``attention_mask``: the sample boundaries are read from the position ids,
+and attention is confined to each sample, by the variable-length kernel under
+``flash_attention_2``, by ``mllm_packed_sdpa`` (``mllm.models.packed_attention``, what mllm
+runs when a recipe asks for ``sdpa``) and by a dense block-diagonal causal mask that
+transformers builds (``masking_utils.find_packed_sequence_indices``) under ``eager``. The LLM
+must be called without a KV cache for that (``MultimodalModel.forward`` does so for packed
+batches).
 
 The loss is that of the padded batch: each sample's first label is set to -100, because in
 a row of its own that token is never predicted, and in a packed row it would otherwise be
@@ -19,15 +21,16 @@ either way, so sampling, gradient accumulation and resuming are untouched.
 Images: the model scatters image features in row-major order of the batch, so
 ``pixel_values`` (or cached ``image_features``) lists each sample's images in packed order.
 
-How wide a row may be depends on the attention kernel. ``flash_attention_2`` computes each
-sample's attention only, so rows fill up to ``max_length``. ``sdpa`` and ``eager`` compute a
-row's attention over the whole row (masked), which grows with the square of its width: rows of
-1,000 tokens made of 80-token captions cost ~12x the attention of the captions padded, and on a
-small LLM that made packing slower than padding. For these kernels the collator is given the
-width at which a token's attention costs as much as its linear layers
-(``mllm.data.row_width.dense_attention_crossover``) and picks the row width that minimises
-the estimated step cost (``row_width.pack_width``); when that puts every sample in a row of
-its own, the batch *is* the padded batch and is returned as such (``attention_mask``, no
+How wide a row may be depends on the attention kernel. ``flash_attention_2`` and
+``mllm_packed_sdpa`` compute each sample's attention only, so rows fill up to ``max_length``.
+``eager`` (like transformers' own ``sdpa``, which mllm no longer runs on packed rows) computes
+a row's attention over the whole row (masked), which grows with the square of its width: rows
+of 1,000 tokens made of 80-token captions cost ~12x the attention of the captions padded, and
+on a small LLM that made packing slower than padding. For such a kernel the collator is given
+the width at which a token's attention costs as much as its linear layers
+(``mllm.data.row_width.attention_crossover``) and picks the row width that minimises the
+estimated step cost (``row_width.pack_width``); when that puts every sample in a row of its
+own, the batch *is* the padded batch and is returned as such (``attention_mask``, no
 ``position_ids``), so packing never costs more than padding. ``row_width.choose_packing``
 makes the same estimate over a stage's whole data for ``packing: auto``.
 """
@@ -199,10 +202,10 @@ class PackingCollator:
         Args:
             pad_token_id: id written into the padding at the end of shorter rows.
             max_length: longest row; the dataset's ``max_length`` (no sample is longer).
-            crossover: for an attention kernel that computes whole rows (``sdpa``,
-                ``eager``), ``row_width.dense_attention_crossover`` of the LLM: rows are then
-                only as wide as pays (``row_width.pack_width``). None: rows of up to
-                ``max_length`` (``flash_attention_2``, whose cost is per sample).
+            crossover: for an attention kernel that computes whole rows (``eager``),
+                ``row_width.attention_crossover`` of the LLM: rows are then only as wide as
+                pays (``row_width.pack_width``). None: rows of up to ``max_length``
+                (``flash_attention_2`` and ``mllm_packed_sdpa``, whose cost is per sample).
 
         Raises:
             ValueError: for a missing pad id or a non-positive ``max_length``.

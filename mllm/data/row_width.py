@@ -1,13 +1,16 @@
 """How wide packed rows should be, and whether to pack at all (``packing: auto``).
 
-Packing's cost depends on the attention kernel: ``flash_attention_2`` computes each sample's
-attention alone, while ``sdpa`` and ``eager`` compute a packed row's attention over the whole
-row (masked), which grows with the square of the row's width. The estimates here weigh that
-against the padding packing removes, in token-equivalents: a batch of ``rows x width`` slots
-costs ``rows * width * (1 + width / crossover)``, the crossover being the row width at which a
-token's dense attention costs as much as its linear layers and output head. Used by
-``mllm.data.packing.PackingCollator`` (per micro-batch) and ``stage_data.stage_collator``
-(per stage).
+Packing's cost depends on the attention kernel. ``flash_attention_2`` and ``mllm_packed_sdpa``
+(what mllm runs when a recipe asks for ``sdpa``, see ``mllm.models.packed_attention``) compute
+each sample's attention alone, so a packed row costs what its samples cost padded, less the
+padding: rows fill up to ``max_length``. ``eager`` (and transformers' own ``sdpa``) compute a
+packed row's attention over the whole row (masked), which grows with the square of the row's
+width. The estimates here weigh that against the padding packing removes, in
+token-equivalents: a batch of ``rows x width`` slots costs ``rows * width * (1 + width /
+crossover)``, the crossover being the row width at which a token's dense attention costs as
+much as its linear layers and output head (:func:`attention_crossover` gives None for a
+per-sample kernel). Used by ``mllm.data.packing.PackingCollator`` (per micro-batch) and
+``stage_data.stage_collator`` (per stage).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from mllm.models.attention import PER_SAMPLE_ATTENTION
 
 #: The estimated saving for which a dense kernel's rows grow past the longest sample.
 WIDER_ROWS_GAIN = 0.05
@@ -54,6 +59,21 @@ def dense_attention_crossover(config: Any, *, trains_weights: bool = True) -> fl
     return (layers * linear + head) * linear_passes / (layers * 4 * hidden * 3)
 
 
+def attention_crossover(config: Any, *, trains_weights: bool = True) -> float | None:
+    """The crossover to size packed rows by: None when the LLM's kernel computes each sample
+    alone (``attention.PER_SAMPLE_ATTENTION``: rows then fill up), else
+    :func:`dense_attention_crossover`.
+
+    Args:
+        config: the LLM's transformers config, with the kernel it runs
+            (``_attn_implementation``).
+        trains_weights: as for :func:`dense_attention_crossover`.
+    """
+    if config._attn_implementation in PER_SAMPLE_ATTENTION:
+        return None
+    return dense_attention_crossover(config, trains_weights=trains_weights)
+
+
 def _packed_shape(lengths: Sequence[int], capacity: int) -> tuple[int, int]:
     """``(rows, width)`` estimated for :func:`plan_rows`: the rows first-fit-decreasing needs
     at ``capacity``, the samples then dealt longest first to the shortest row."""
@@ -73,7 +93,8 @@ def _packed_shape(lengths: Sequence[int], capacity: int) -> tuple[int, int]:
 
 def batch_cost(rows: int, width: int, crossover: float | None) -> float:
     """Estimated compute of a batch of ``rows x width`` tokens, in token-equivalents: each
-    slot's linear layers plus a dense attention over its row (none with ``crossover`` None)."""
+    slot's linear layers plus a dense attention over its row. With ``crossover`` None (a
+    per-sample kernel) attention is left out: it is about the samples' own, packed or not."""
     return rows * width * (1 + (width / crossover if crossover else 0.0))
 
 
@@ -122,7 +143,7 @@ def choose_packing(
         lengths: tokens per sample of the stage's data.
         micro_batch_size: samples per micro-batch.
         max_length: the data's ``max_length``.
-        crossover: :func:`dense_attention_crossover`, or None for a per-sample kernel.
+        crossover: :func:`attention_crossover` (None for a per-sample kernel).
         min_gain: the estimated saving below which padding (the simpler batch) is kept.
         batches, seed: the sample of micro-batches.
 

@@ -12,14 +12,11 @@ from mllm.data.dataset import ConversationDataset
 from mllm.data.label_audit import check_pair
 from mllm.data.packing import PackingCollator
 from mllm.data.records import RecordOrigin, hold_out, read_files
-from mllm.data.row_width import choose_packing, dense_attention_crossover
+from mllm.data.row_width import attention_crossover, choose_packing
 from mllm.data.tokenizer_template import resolve_template
 from mllm.models.assembly import BuiltModel
 
 logger = logging.getLogger(__name__)
-
-#: Attention kernels whose cost is per sample in a packed row (variable-length kernels).
-PER_SAMPLE_ATTENTION = ("flash_attention_2",)
 
 
 def build_dataset(
@@ -137,9 +134,7 @@ def stage_collator(
     """
     data = stage.data
     llm_config = built.model.llm.config
-    crossover = None
-    if llm_config._attn_implementation not in PER_SAMPLE_ATTENTION:
-        crossover = dense_attention_crossover(llm_config, trains_weights=stage.train.llm == "full")
+    crossover = attention_crossover(llm_config, trains_weights=stage.train.llm == "full")
     if data.packing == "auto":
         choice = choose_packing(lengths, stage.micro_batch_size, data.max_length, crossover)
         logger.info(

@@ -2,6 +2,9 @@
 
 ``auto`` picks ``flash_attention_2`` when flash-attn is importable and a CUDA device is present,
 else ``sdpa``; a model class without SDPA support falls back to ``eager`` when it is loaded.
+An LLM loaded with ``sdpa`` runs ``mllm_packed_sdpa`` once assembled
+(``mllm.models.packed_attention``): ``sdpa`` itself, but with per-sample attention on
+packed rows.
 """
 
 from __future__ import annotations
@@ -9,7 +12,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 
+from mllm.models.packed_attention import PACKED_SDPA
+
 logger = logging.getLogger(__name__)
+
+#: Kernels that compute each sample of a packed row alone, so a row's attention costs the sum
+#: of its samples' squared lengths; ``sdpa`` and ``eager`` compute the whole row, masked.
+PER_SAMPLE_ATTENTION = ("flash_attention_2", PACKED_SDPA)
 
 
 class AttentionUnavailableError(RuntimeError):

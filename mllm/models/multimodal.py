@@ -14,6 +14,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mllm.models.anyres import image_token_count, tiles_per_image
 from mllm.models.modality_adaptive import is_modality_adaptive, modality_positions
+from mllm.models.packed_attention import segment_layout, use_packed_sdpa, uses_packed_sdpa
 from mllm.models.projectors.base import Projector
 from mllm.models.vision.base import VisionTower
 
@@ -33,6 +34,10 @@ class MultimodalModel(nn.Module):
     image features in one ``masked_scatter``, images taken in row-major order of the batch.
     A modality-adaptive LLM (``mllm.models.modality_adaptive``) is told those positions with
     every call (:meth:`modality_context`).
+
+    An LLM that runs ``sdpa`` is switched to ``mllm_packed_sdpa``
+    (``mllm.models.packed_attention``): the same kernel on every call, except that packed
+    rows get each sample's attention alone instead of a dense mask over the whole row.
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class MultimodalModel(nn.Module):
         self.vision = vision
         self.projector = projector
         self.llm = llm
+        use_packed_sdpa(llm)
         self.image_token_id = image_token_id
         self.modality_adaptive = is_modality_adaptive(llm)
         #: ``flat`` or ``spatial_unpad`` (``mllm.models.anyres``); the latter's newline is
@@ -214,7 +220,8 @@ class MultimodalModel(nn.Module):
         each sample only when it builds no KV cache, so none is built for such a batch.
         FlashAttention-2 reads sample boundaries from a single row only (several rows would
         silently attend across samples), so its packed rows are joined into one; logits come
-        back as [batch, seq, vocab] all the same.
+        back as [batch, seq, vocab] all the same. ``mllm_packed_sdpa`` is given the samples'
+        places (``packed_segments``, computed once here for all layers).
 
         In training mode with ``labels``, the output head runs only at the positions that
         predict a label in some row (``predicting_positions``): an alignment caption labels
@@ -229,6 +236,8 @@ class MultimodalModel(nn.Module):
         packed = position_ids is not None and attention_mask is None
         if packed:
             llm_kwargs.setdefault("use_cache", False)
+            if uses_packed_sdpa(self.llm):
+                llm_kwargs["packed_segments"] = segment_layout(position_ids)
         rows, width = input_ids.shape
         if packed and rows > 1 and self.llm.config._attn_implementation == "flash_attention_2":
             inputs_embeds, position_ids, labels = join_packed_rows(

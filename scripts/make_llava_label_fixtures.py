@@ -6,11 +6,7 @@ The reference comes from ``llava.train.train.preprocess_v1`` / ``preprocess_plai
 (``scripts/llava_label_driver.py``); the tokenizers are trained here, in mllm's venv, with
 ``mllm.tiny.train_tiny_tokenizer``. Regenerate (seconds, once the side venv exists)::
 
-    python3.11 -m venv /tmp/llava-venv
-    /tmp/llava-venv/bin/pip install torch==2.13.0        # first: the local CPU build
-    /tmp/llava-venv/bin/pip install transformers==4.36.2 tokenizers==0.15.0 \\
-        accelerate==0.21.0 peft==0.4.0 sentencepiece==0.1.99 protobuf==4.25.3 pillow
-    /tmp/llava-venv/bin/pip install --no-deps llava-torch==1.2.2.post1
+    bash scripts/make_llava_side_venv.sh /tmp/llava-venv   # torch 2.13.0 first, then pins
     . .venv/bin/activate
     python scripts/make_llava_label_fixtures.py --llava-python /tmp/llava-venv/bin/python
 

@@ -32,6 +32,7 @@ from mllm.config import RecipeConfig, StageConfig
 from mllm.data import DataCollator
 from mllm.models.assembly import BuiltModel
 from mllm.models.lora import is_adapted
+from mllm.models.packed_attention import PACKED_SDPA
 from mllm.training.sampler import StepBatchSampler, total_optimizer_steps
 from mllm.training.timing import StepRecord
 
@@ -75,6 +76,7 @@ def llava_from(built: BuiltModel, recipe: RecipeConfig) -> LlavaForConditionalGe
         multimodal_projector_bias=True,
     )
     attn = model.llm.config._attn_implementation
+    attn = "sdpa" if attn == PACKED_SDPA else attn  # transformers' own kernel for the baseline
     llava = LlavaForConditionalGeneration(config)
     state = {}
     for key, value in model.vision.encoder.state_dict().items():
@@ -99,6 +101,40 @@ def llava_from(built: BuiltModel, recipe: RecipeConfig) -> LlavaForConditionalGe
     llava.model.language_model.requires_grad_(llm_trains)
     llava.lm_head.requires_grad_(llm_trains)
     return llava.to(next(model.parameters()).device)
+
+
+def drawn_batches(
+    num_samples: int, recipe: RecipeConfig, stage: StageConfig
+) -> tuple[int, list[list[int]]]:
+    """``(optimizer steps, micro-batches of sample indices)`` our sampler draws for ``stage``
+    on one process: what every other side is given to train on, in this order."""
+    steps = total_optimizer_steps(
+        num_samples, stage.global_batch_size, stage.epochs, stage.max_steps
+    )
+    sampler = StepBatchSampler(
+        num_samples,
+        micro_batch_size=stage.micro_batch_size,
+        accumulation=stage.global_batch_size // stage.micro_batch_size,
+        rank=0,
+        world_size=1,
+        seed=recipe.seed,
+        total_steps=steps,
+    )
+    return steps, list(sampler)
+
+
+def step_records(
+    ends: list[float], micro_batches: list[list[int]], lengths: list[int], per_step: int
+) -> list[StepRecord]:
+    """One record per optimizer step from its end time and the micro-batches it trained on
+    (tokens, padded slots of batches padded to their longest sample, samples)."""
+    records = []
+    for step, end in enumerate(ends):
+        batches = micro_batches[step * per_step : (step + 1) * per_step]
+        tokens = sum(lengths[i] for batch in batches for i in batch)
+        slots = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+        records.append(StepRecord(end, tokens, slots, sum(len(batch) for batch in batches)))
+    return records
 
 
 class _InOrder(Dataset):
@@ -163,19 +199,7 @@ def train_baseline(
         pad_token_id: the tokenizer's pad id.
         warmup: steps left out of the measurement.
     """
-    steps = total_optimizer_steps(
-        len(dataset), stage.global_batch_size, stage.epochs, stage.max_steps
-    )
-    sampler = StepBatchSampler(
-        len(dataset),
-        micro_batch_size=stage.micro_batch_size,
-        accumulation=stage.global_batch_size // stage.micro_batch_size,
-        rank=0,
-        world_size=1,
-        seed=recipe.seed,
-        total_steps=steps,
-    )
-    micro_batches = list(sampler)
+    steps, micro_batches = drawn_batches(len(dataset), recipe, stage)
     order = [index for batch in micro_batches for index in batch]
     optim = stage.optim
     with tempfile.TemporaryDirectory() as output_dir, _single_process():
@@ -222,14 +246,8 @@ def train_baseline(
             raise RuntimeError(
                 f"the baseline was wrapped in {type(trainer.model_wrapped).__name__}"
             )
-    lengths = dataset.lengths
-    records = []
     per_step = stage.global_batch_size // stage.micro_batch_size
-    for step, end in enumerate(clock.ends):
-        batches = micro_batches[step * per_step : (step + 1) * per_step]
-        tokens = sum(lengths[i] for batch in batches for i in batch)
-        slots = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
-        records.append(StepRecord(end, tokens, slots, sum(len(batch) for batch in batches)))
+    records = step_records(clock.ends, micro_batches, dataset.lengths, per_step)
     return TrainRun(
         name="baseline",
         steps=records[warmup - 1 :],

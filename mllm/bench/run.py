@@ -9,8 +9,10 @@ same steps from the same weights on the same samples, then times generation, the
 turns. Other processes' load thus falls on every side alike; the ratios are medians of
 per-round ratios. The goal table sets each cell's samples/s against the baseline's, with
 padding, peak memory and the first steps' losses. ``--cache-epochs N`` also times whole
-N-epoch stage-1 runs with the feature cache off and on (its build included). Figures and
-how to read them: docs/benchmarks.md.
+N-epoch stage-1 runs with the feature cache off and on (its build included).
+``--llava-python PY`` adds the original LLaVA code (``llava.train.train.train()`` in a side
+venv, ``mllm.bench.original_llava``) as a second baseline, one subprocess per round, with its
+own columns in the goal table. Figures and how to read them: docs/benchmarks.md.
 
 CPU (about 4 minutes on 2 idle cores; 11 minutes at a load average of 8-14)::
 
@@ -19,6 +21,8 @@ CPU (about 4 minutes on 2 idle cores; 11 minutes at a load average of 8-14)::
     python scripts/bench.py --recipe recipes/tiny/shapes_mlp.yaml --stage instruct
     python scripts/bench.py --data captions --stages align --variants packed cached \
         --cache-epochs 3   # the frozen tower's features cached, build included
+    python scripts/bench.py --llava-python /tmp/llava-venv/bin/python --gen-prompts 0
+        # + the original LLaVA code (scripts/make_llava_side_venv.sh makes the venv)
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ TINY |= {"vision_hidden": 64, "vision_layers": 2}
 STAGES = {"align": {"llm": "frozen", "lr": 1.0e-3}, "instruct": {"llm": "full", "lr": 2.0e-4}}
 #: Each data shape's template: alignment captions in LLaVA's ``plain``, the mix multi-turn.
 TEMPLATES = {"captions": "plain", "mix": "vicuna_v1"}
+#: Side key of the original LLaVA code (``--llava-python``) among the cell's sides.
+LLAVA = "llava"
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class BenchOptions:
         gen_prompts, gen_tokens: the generation benchmark.
         threads: torch threads.
         json: also write the figures here.
+        llava_python: the python of a side venv with ``llava-torch`` (made by
+            ``scripts/make_llava_side_venv.sh``): adds the original LLaVA code as a second
+            baseline (a clip tower and a depth-2 ``mlp`` projector, fp32).
     """
 
     workdir: Path = Path("runs/bench")
@@ -96,6 +105,7 @@ class BenchOptions:
     gen_tokens: int = 48
     threads: int = 1
     json: Path | None = None
+    llava_python: Path | None = None
 
 
 def _builtin_recipe(workdir: Path) -> Path:
@@ -199,8 +209,16 @@ def _build_caches(recipes: dict[str, tuple]) -> dict[str, float]:
     return seconds
 
 
-def _train_rounds(options: BenchOptions, recipes: dict[str, tuple]) -> dict[str, list]:
-    """Every side once per round; odd rounds run the sides in reverse order."""
+def _side_name(name: str) -> str:
+    """A side's name in the tables."""
+    from mllm.bench.original_llava import NAME
+
+    return {"baseline": "baseline", LLAVA: NAME}.get(name, f"ours {name}")
+
+
+def _train_rounds(options: BenchOptions, recipes: dict[str, tuple], llava=None) -> dict:
+    """Every side once per round; odd rounds run the sides in reverse order. ``llava``: the
+    cell's :class:`~mllm.bench.original_llava.OriginalLlava` when ``recipes`` has its key."""
     from mllm.bench.ours import train_ours
 
     runs: dict[str, list] = {name: [] for name in recipes}
@@ -208,13 +226,22 @@ def _train_rounds(options: BenchOptions, recipes: dict[str, tuple]) -> dict[str,
         names = list(recipes) if round_index % 2 == 0 else list(reversed(recipes))
         for name in names:
             recipe, stage = recipes[name]
+            note = ""
             if name == "baseline":
                 run = _run_baseline(recipe, stage, options.warmup)
+            elif name == LLAVA:
+                run = llava.train(options.warmup)
+                if llava.mismatches:
+                    note = f" ({llava.mismatches} samples masked by its tokenization mismatch)"
             else:
                 run = train_ours(recipe, stage, f"ours {name}", warmup=options.warmup)
             runs[name].append(run)
-            print(f"round {round_index + 1} {name}: {run.tokens_per_s:.0f} tokens/s", flush=True)
-    return {("baseline" if n == "baseline" else f"ours {n}"): r for n, r in runs.items()}
+            print(
+                f"round {round_index + 1} {_side_name(name)}: {run.tokens_per_s:.0f} tokens/s"
+                f"{note}",
+                flush=True,
+            )
+    return {_side_name(n): r for n, r in runs.items()}
 
 
 def _generation(options: BenchOptions, recipe, stage: str, mix) -> list:
@@ -294,8 +321,17 @@ def _bench_cell(options: BenchOptions, path: Path, mix, stage: str, template: st
 
     names = ["baseline", *options.variants]
     recipes = {name: _load(options, path, name, mix, stage, template) for name in names}
+    llava = None
+    if options.llava_python is not None:
+        from mllm.bench.original_llava import OriginalLlava
+
+        recipes = {"baseline": recipes["baseline"], LLAVA: recipes["baseline"], **recipes}
+        folder = options.workdir / "original_llava" / mix.records.parent.name / stage
+        llava = OriginalLlava.prepare(
+            options.llava_python, folder, *recipes["baseline"], options.threads
+        )
     cache_build_s = _build_caches(recipes)
-    runs = _train_rounds(options, recipes)
+    runs = _train_rounds(options, recipes, llava)
     print()
     print(training_table(runs))
     print()

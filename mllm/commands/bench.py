@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None) -> run.BenchOptions:
         help="torch threads (on 2 shared cores, 2 threads ran 3-6x slower than 1)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--llava-python",
+        type=Path,
+        help="python of a side venv with llava-torch (scripts/make_llava_side_venv.sh): adds "
+        "the original LLaVA code's train() as a second baseline",
+    )
     args = parser.parse_intermixed_args(argv)
     return run.BenchOptions(
         workdir=args.workdir,
@@ -77,6 +83,7 @@ def parse_args(argv: list[str] | None) -> run.BenchOptions:
         gen_tokens=args.gen_tokens,
         threads=args.threads,
         json=args.json,
+        llava_python=args.llava_python,
     )
 
 

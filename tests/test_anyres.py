@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -396,25 +398,33 @@ def test_data_check_counts_anyres_tokens_as_training(built, tiny_dirs, tmp_path)
     assert not [f for f in report.findings if f.severity == "error"]
 
 
-@pytest.mark.slow  # a training subprocess: ~15 s on 2 idle cores
-def test_an_anyres_recipe_trains_padded_and_packed_then_generates(tiny_dirs, tmp_path):
-    """Two stages train on anyres images (padded, then packed) and the result answers
-    about a new wide image through generation's own preparation."""
+@pytest.fixture(scope="module")
+def trained_anyres(tiny_dirs, tmp_path_factory) -> Path:
+    """Two stages trained on anyres images (padded, then packed): the instruct stage's folder.
+    A training subprocess: ~15 s on 2 idle cores."""
     import json
 
     from training_utils import run_train, write_recipe
 
+    work = tmp_path_factory.mktemp("anyres_run")
+    sizes = [(40, 100), (100, 40), (50, 50), (61, 83), (20, 200), (90, 30), (33, 65)]
+    records = write_records(work / "images", sizes)
+    data_file = work / "data.json"
+    data_file.write_text(json.dumps(records))
+    raw = anyres_recipe(tiny_dirs, data_file, work / "images", work / "out")
+    run_train([str(write_recipe(work / "recipe.yaml", raw))])
+    return work / "out" / "instruct" / "final"
+
+
+@pytest.mark.slow
+def test_an_anyres_recipe_trains_padded_and_packed_then_generates(trained_anyres):
+    """The trained model answers about a new wide image through generation's own
+    preparation."""
     import mllm
     from mllm.inference.generate import GenerationRequest, SamplingSettings, complete
     from mllm.inference.prompts import prepare_batch
 
-    sizes = [(40, 100), (100, 40), (50, 50), (61, 83), (20, 200), (90, 30), (33, 65)]
-    records = write_records(tmp_path / "images", sizes)
-    data_file = tmp_path / "data.json"
-    data_file.write_text(json.dumps(records))
-    raw = anyres_recipe(tiny_dirs, data_file, tmp_path / "images", tmp_path / "out")
-    run_train([str(write_recipe(tmp_path / "recipe.yaml", raw))])
-    loaded = mllm.load(tmp_path / "out" / "instruct" / "final")
+    loaded = mllm.load(trained_anyres)
     assert loaded.image_aspect_ratio == "anyres"
     request = GenerationRequest(
         [{"from": "human", "value": "<image>\nWhat is it?"}], [random_image((40, 100), 9)]
@@ -427,6 +437,51 @@ def test_an_anyres_recipe_trains_padded_and_packed_then_generates(tiny_dirs, tmp
     (answer,) = complete(loaded, [request, request], settings)[:1]
     assert answer.prompt_tokens == prepared.prompt_lengths[0]
     assert answer.completion_tokens >= 1
+
+
+@pytest.mark.slow
+def test_lmms_eval_scores_anyres_images_as_transformers_llava_next(trained_anyres):
+    """lmms-eval's loglikelihood on an anyres model: two images of different shapes in one
+    right-padded batch score what transformers' LlavaNext gives each alone, and greedy
+    decoding's own answer is reported as the greedy continuation."""
+    pytest.importorskip("lmms_eval.api.model", reason="lmms-eval is not installed")
+    from lmms_eval.api.instance import Instance
+
+    from mllm.inference.generate import GenerationRequest, SamplingSettings, complete
+    from mllm.integrations.lmms_eval import MllmModel
+
+    lmm = MllmModel(str(trained_anyres), batch_size=2)
+    images = [random_image((40, 100), 9), random_image((90, 45), 2)]
+    question = "What is it?"
+    (greedy,) = complete(
+        lmm.loaded,
+        [GenerationRequest([{"from": "human", "value": f"<image>\n{question}"}], images[:1])],
+        SamplingSettings(max_new_tokens=4),
+    )
+    lmm.task_dict = {"shapes": {"test": [{"image": image} for image in images]}}
+
+    def request(target: str, doc_id: int) -> Instance:
+        args = (question, target, lambda doc: [doc["image"]], doc_id, "shapes", "test")
+        metadata = {"task": "shapes", "doc_id": doc_id, "repeats": 1}
+        return Instance("loglikelihood", args, idx=0, metadata=metadata)
+
+    requests = [request(" " + greedy.text, 0), request(" A red circle", 1)]
+    scores = lmm.loglikelihood(requests)
+    assert scores[0][1] is True  # the greedy answer is greedy under scoring too
+    assert scores[1][1] is False
+
+    hf = hf_llava_next(lmm.loaded.built)
+    processor = hf_processor(lmm.loaded.built)
+    for req, (log_prob, _) in zip(requests, scores, strict=True):
+        ids, prompt_length, row_images = lmm._scored_ids(req.args)
+        with torch.no_grad():
+            logits = hf(
+                input_ids=torch.tensor([ids]), **processor(images=row_images, return_tensors="pt")
+            ).logits[0]
+        targets = torch.tensor(ids[prompt_length:])
+        expected = logits[prompt_length - 1 : len(ids) - 1].log_softmax(-1)
+        expected = expected.gather(-1, targets[:, None]).sum().item()
+        assert log_prob == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -85,11 +85,37 @@ def encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
         raise ValueError(
             f"the conversation has {markers} {image_token} markers but {len(request.images)} images"
         )
+    return encode_rendered(loaded, text, image_token_counts(loaded, request.images))
+
+
+def image_token_counts(loaded: LoadedModel, images: Sequence[Image.Image]) -> list[int] | None:
+    """Image tokens of each image under an anyres model (they follow each image's size), or
+    None where every image takes the model's fixed count."""
     spec = _anyres(loaded)
-    counts = None
+    if spec is None:
+        return None
+    return [spec.token_count((image.height, image.width)) for image in images]
+
+
+def prepare_images(
+    loaded: LoadedModel, images: Sequence[Image.Image], device: torch.device | str
+) -> dict[str, torch.Tensor | None]:
+    """The model's image inputs for ``images`` in prompt order: ``pixel_values``
+    ([num_images, 3, H, W], None without images), and under anyres the tiles
+    ([num_tiles, 3, H, W]) with ``image_sizes`` and ``image_grids`` [num_images, 2]."""
+    if not images:
+        return {"pixel_values": None}
+    processor = loaded.built.image_processor
+    dtype = next(loaded.built.model.vision.parameters()).dtype
+    spec = _anyres(loaded)
     if spec is not None:
-        counts = [spec.token_count((image.height, image.width)) for image in request.images]
-    return encode_rendered(loaded, text, counts)
+        tiles, layouts = zip(
+            *(prepare_anyres(image, processor, spec.pinpoints) for image in images), strict=True
+        )
+        layout = {key: value.to(device) for key, value in layout_tensors(layouts).items()}
+        return {"pixel_values": torch.cat(tiles).to(device=device, dtype=dtype), **layout}
+    pixels = [prepare_image(image, processor, loaded.image_aspect_ratio) for image in images]
+    return {"pixel_values": torch.stack(pixels).to(device=device, dtype=dtype)}
 
 
 def encode_rendered(
@@ -180,20 +206,7 @@ def prepare_batch(
         [[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded], device=device
     )
     images = [img for r in requests for img in r.images]
-    processor = loaded.built.image_processor
     lengths = [len(ids) for ids in encoded]
-    spec = _anyres(loaded)
-    if spec is not None and images:
-        prepared = [prepare_anyres(img, processor, spec.pinpoints) for img in images]
-        tiles, layouts = zip(*prepared, strict=True)
-        layout = {k: v.to(device) for k, v in layout_tensors(layouts).items()}
-        pixel_values = torch.cat(tiles).to(device)  # [num_tiles, 3, H, W]
-        return PreparedBatch(input_ids, attention_mask, pixel_values, lengths, **layout)
-    pixel_values = (
-        torch.stack(
-            [prepare_image(img, processor, loaded.image_aspect_ratio) for img in images]
-        ).to(device)
-        if images
-        else None
+    return PreparedBatch(
+        input_ids, attention_mask, prompt_lengths=lengths, **prepare_images(loaded, images, device)
     )
-    return PreparedBatch(input_ids, attention_mask, pixel_values, lengths)

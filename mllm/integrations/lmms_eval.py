@@ -33,10 +33,9 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
-from mllm.data.images import prepare_image
 from mllm.data.tokenizer_template import resolve_template
 from mllm.inference import GenerationRequest, LoadedModel, SamplingSettings, complete, load
-from mllm.inference.prompts import encode_rendered
+from mllm.inference.prompts import encode_rendered, image_token_counts, prepare_images
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -190,8 +189,9 @@ class MllmModel(lmms):
         template = resolve_template(self.loaded.template, self.loaded.built.tokenizer)
         prompt = self._prompt(context, len(images))
         separator = template.assistant_prefix[len(template.header) :]
-        prompt_ids = encode_rendered(self.loaded, prompt)
-        full_ids = encode_rendered(self.loaded, prompt + separator + str(target).lstrip())
+        counts = image_token_counts(self.loaded, images)
+        prompt_ids = encode_rendered(self.loaded, prompt, counts)
+        full_ids = encode_rendered(self.loaded, prompt + separator + str(target).lstrip(), counts)
         return full_ids, len(prompt_ids), images
 
     @torch.no_grad()
@@ -209,16 +209,10 @@ class MllmModel(lmms):
             [[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in items], device=device
         )
         images = [image for _, _, row_images in items for image in row_images]
-        pixel_values = None
-        if images:
-            processor = self.loaded.built.image_processor
-            mode = self.loaded.image_aspect_ratio
-            pixel_values = torch.stack([prepare_image(i, processor, mode) for i in images])
-            pixel_values = pixel_values.to(
-                device=device, dtype=next(model.vision.parameters()).dtype
-            )
         logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            **prepare_images(self.loaded, images, device),
         ).logits.float()  # [batch, width, vocab]
         log_probs = torch.log_softmax(logits, dim=-1)
         scores = []

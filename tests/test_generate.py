@@ -205,11 +205,19 @@ def test_quantized_loading_still_answers(trained_shapes, quantize):
     loaded = mllm.load(trained_shapes.checkpoint, quantize=quantize)
     linear = type(loaded.built.model.llm.model.layers[0].mlp.up_proj).__name__
     assert linear == {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}[quantize]
-    # Colour only: NF4 on this 32-wide model keeps every colour but loses some counts (7 of 12
-    # when measured, with either CPU kernel); full precision and 8-bit answer all 24.
-    questions = _colour_questions(trained_shapes)[:4]
+    assert_answers_colours(loaded, trained_shapes, quantize)
+
+
+def assert_answers_colours(loaded, trained_shapes, quantize: str | None = None) -> None:
+    """Colour questions only. Full precision and 8-bit answer every one; NF4 on this 32-wide
+    model answers most of them (all of the first 4 on an AMD EPYC, 10/12 on an Intel Xeon
+    whose fp32 training gave slightly different weights) but loses some counts (7 of 12 when
+    measured), so it is held to two thirds: chance is one sixth."""
+    questions = _colour_questions(trained_shapes)
     answers = generate(loaded, [_colour_request(q) for q in questions], max_new_tokens=8)
-    assert answers == [q.answer for q in questions]
+    right = sum(a == q.answer for a, q in zip(answers, questions, strict=True))
+    needed = -(-2 * len(questions) // 3) if quantize == "4bit" else len(questions)
+    assert right >= needed, (quantize, right, answers)
 
 
 def test_a_merged_model_loads_and_answers_the_same(loaded, trained_shapes, tmp_path):
@@ -302,15 +310,12 @@ def test_a_lora_run_loads_unmerged_and_quantized(loaded, trained_shapes, tmp_pat
     recipe.update(output_dir=str(tmp_path / "run"), stages={"polish": stage})
     run_train([str(write_recipe(tmp_path / "recipe.yaml", recipe))])
     checkpoint = tmp_path / "run" / "polish" / "final"
-    questions = _colour_questions(trained_shapes)[:4]  # see test_quantized_loading_still_answers
-    requests = [_colour_request(q) for q in questions]
-    expected = [q.answer for q in questions]
     adapted = mllm.load(checkpoint)
     assert adapted.manifest["adapters"]["llm"]["mode"] == "lora"
-    assert generate(adapted, requests, max_new_tokens=8) == expected
+    assert_answers_colours(adapted, trained_shapes)
     quantized = mllm.load(checkpoint, quantize="4bit")
     assert not any("lora" in name for name, _ in quantized.built.model.named_parameters())
-    assert generate(quantized, requests, max_new_tokens=8) == expected
+    assert_answers_colours(quantized, trained_shapes, "4bit")
 
 
 def test_original_llava_models_get_llava_s_prompt_tokenization(untrained, trained_shapes):

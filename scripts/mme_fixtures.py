@@ -16,24 +16,8 @@ from pathlib import Path
 
 from mc_fixture_files import FIXTURES, png_bytes, run, write_json
 
-MME_PERCEPTION = [
-    "existence",
-    "count",
-    "position",
-    "color",
-    "posters",
-    "celebrity",
-    "scene",
-    "landmark",
-    "artwork",
-    "OCR",
-]
-MME_COGNITION = [
-    "commonsense_reasoning",
-    "numerical_calculation",
-    "text_translation",
-    "code_reasoning",
-]
+from mllm.eval.benchmarks.mme import COGNITION, PERCEPTION
+
 MME_NESTED = {"posters", "celebrity", "scene", "landmark", "artwork"}
 MME_REPLIES = [
     "Yes",
@@ -53,7 +37,7 @@ def make_mme(side_python: str, official: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
     rng = random.Random(16)
     answers, result_lines = {}, {}
-    for t, subtask in enumerate(MME_PERCEPTION + MME_COGNITION):
+    for t, subtask in enumerate(PERCEPTION + COGNITION):
         nested = subtask in MME_NESTED
         text_dir = root / subtask / ("questions_answers_YN" if nested else "")
         image_dir = root / subtask / ("images" if nested else "")

@@ -64,26 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for name, path in vars(dataset).items():
         print(f"{name}: {path}")
-    if args.num_grounding > 0:
-        from mllm.demo.grounding import make_grounding_dataset
+    from mllm.demo.grounding import make_grounding_dataset
+    from mllm.demo.resolution import make_resolution_dataset
 
-        grounding = make_grounding_dataset(
-            args.out_dir / "grounding",
-            num_train=args.num_grounding,
-            num_test=args.num_test,
-            seed=args.seed,
-        )
-        for name, path in vars(grounding).items():
-            print(f"grounding.{name}: {path}")
-    if args.num_resolution > 0:
-        from mllm.demo.resolution import make_resolution_dataset
-
-        resolution = make_resolution_dataset(
-            args.out_dir / "resolution",
-            num_train=args.num_resolution,
-            num_test=args.num_test,
-            seed=args.seed,
-        )
-        for name, path in vars(resolution).items():
-            print(f"resolution.{name}: {path}")
+    extra_splits = [
+        ("grounding", args.num_grounding, make_grounding_dataset),
+        ("resolution", args.num_resolution, make_resolution_dataset),
+    ]
+    for split, num_train, make in extra_splits:
+        if num_train > 0:
+            written = make(
+                args.out_dir / split, num_train=num_train, num_test=args.num_test, seed=args.seed
+            )
+            for name, path in vars(written).items():
+                print(f"{split}.{name}: {path}")
     return 0

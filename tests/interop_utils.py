@@ -82,6 +82,28 @@ def write_llava(folder: Path, tiny, state, *, shards: int = 2, **changes) -> Pat
     return folder
 
 
+def transformers_llava_names(state: dict, tower_prefix: str) -> dict:
+    """An original LLaVA / LLaVA-NeXT state dict under transformers' Llava(Next) names, as
+    transformers' convert_llava*_weights_to_hf.py rename them (in transformers 5's module
+    names); ``tower_prefix`` is what precedes the tower's own names in the checkpoint."""
+    renamed = {}
+    for name, tensor in state.items():
+        if name.endswith("position_ids"):
+            continue
+        if name.startswith(tower_prefix):
+            renamed["model.vision_tower." + name.removeprefix(tower_prefix)] = tensor
+        elif name.startswith("model.mm_projector."):
+            index, param = name.removeprefix("model.mm_projector.").split(".")
+            renamed[f"model.multi_modal_projector.linear_{1 + int(index) // 2}.{param}"] = tensor
+        elif name == "model.image_newline":
+            renamed[name] = tensor
+        elif name.startswith("model."):
+            renamed["model.language_model." + name.removeprefix("model.")] = tensor
+        else:
+            renamed[name] = tensor
+    return renamed
+
+
 def reference_llava(tiny, state, vocab: int) -> LlavaForConditionalGeneration:
     """transformers' port of LLaVA on the same tensors. LLaVA splices image features in place of
     a -200 id; here the placeholder is <unk> (no prompt has one), so the vocabulary is LLaVA's."""
@@ -93,19 +115,7 @@ def reference_llava(tiny, state, vocab: int) -> LlavaForConditionalGeneration:
         vision_feature_select_strategy="default",
     )
     assert config.text_config.vocab_size == vocab
-    mapped = {}
-    for name, tensor in state.items():
-        if name.startswith("model.vision_tower.vision_tower."):
-            mapped[
-                "model.vision_tower." + name.removeprefix("model.vision_tower.vision_tower.")
-            ] = tensor
-        elif name.startswith("model.mm_projector."):
-            index, param = name.removeprefix("model.mm_projector.").split(".")
-            mapped[f"model.multi_modal_projector.linear_{1 + int(index) // 2}.{param}"] = tensor
-        elif name.startswith("model."):
-            mapped["model.language_model." + name.removeprefix("model.")] = tensor
-        else:
-            mapped[name] = tensor
+    mapped = transformers_llava_names(state, "model.vision_tower.vision_tower.")
     reference = LlavaForConditionalGeneration(config)
     reference.load_state_dict(mapped, strict=True)
     return reference.eval()

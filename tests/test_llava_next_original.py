@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from interop_utils import llava_config, llava_state, llava_tokenizer_image_token, write_llava
+from interop_utils import (
+    llava_config,
+    llava_state,
+    llava_tokenizer_image_token,
+    transformers_llava_names,
+    write_llava,
+)
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -113,21 +119,7 @@ def reference_llava_next(tiny, state, vocab: int) -> LlavaNextForConditionalGene
         image_grid_pinpoints=[[h, w] for w, h in PINPOINTS_WH],  # transformers: (height, width)
     )
     assert config.text_config.vocab_size == vocab
-    renamed = {}
-    for name, tensor in state.items():
-        if name.endswith("position_ids"):
-            continue
-        if name.startswith(TOWER_V4):  # transformers 5's CLIPVisionModel has no vision_model.
-            renamed["model.vision_tower." + name.removeprefix(TOWER_V4)] = tensor
-        elif name.startswith("model.mm_projector."):
-            index, param = name.removeprefix("model.mm_projector.").split(".")
-            renamed[f"model.multi_modal_projector.linear_{1 + int(index) // 2}.{param}"] = tensor
-        elif name == "model.image_newline":
-            renamed[name] = tensor
-        elif name.startswith("model."):
-            renamed["model.language_model." + name.removeprefix("model.")] = tensor
-        else:
-            renamed[name] = tensor
+    renamed = transformers_llava_names(state, TOWER_V4)  # no vision_model. in v5
     reference = LlavaNextForConditionalGeneration(config)
     reference.load_state_dict(renamed, strict=True)
     return reference.eval()

@@ -164,7 +164,7 @@ def run_compile_bench(
 
     from mllm.bench.data import write_length_mix
     from mllm.bench.ours import train_ours
-    from mllm.bench.run import TINY
+    from mllm.bench.recipes import TINY
     from mllm.tiny import make_tiny_models
 
     torch.set_num_threads(threads)

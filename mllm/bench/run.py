@@ -35,28 +35,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from mllm.bench.recipes import TEMPLATES, TINY, bench_recipe, builtin_recipe
 
-from mllm.bench.model_section import llava_model_section
-
-#: Data settings of each variant of our side; ``{cache}`` is a feature cache of the frozen
-#: tower, built once before the rounds (its build time is printed, not in the steps).
-#: Every other variant runs the tower (``feature_cache: null``).
-VARIANTS: dict[str, dict[str, object]] = {
-    "padded": {"packing": False, "group_by": "none", "feature_cache": None},
-    "grouped": {"packing": False, "group_by": "modality_length", "feature_cache": None},
-    "packed": {"packing": True, "group_by": "none", "feature_cache": None},
-    "packed+grouped": {"packing": True, "group_by": "modality_length", "feature_cache": None},
-    "auto": {"packing": "auto", "group_by": "none", "feature_cache": None},
-    "cached": {"packing": True, "group_by": "none", "feature_cache": "{cache}"},
-}
-#: Tiny model sizes of the built-in recipe (64 image tokens per image).
-TINY = {"image_size": 64, "patch_size": 8, "llm_hidden": 128, "llm_layers": 2}
-TINY |= {"vision_hidden": 64, "vision_layers": 2}
-#: The built-in recipe's stages: what trains besides the projector, and the learning rate.
-STAGES = {"align": {"llm": "frozen", "lr": 1.0e-3}, "instruct": {"llm": "full", "lr": 2.0e-4}}
-#: Each data shape's template: alignment captions in LLaVA's ``plain``, the mix multi-turn.
-TEMPLATES = {"captions": "plain", "mix": "vicuna_v1"}
 #: Side key of the original LLaVA code (``--llava-python``) among the cell's sides.
 LLAVA = "llava"
 
@@ -70,8 +50,8 @@ class BenchOptions:
         recipe, stage, overrides: benchmark this recipe's model and stage settings on the
             mix (default: the built-in tiny recipe; the stage defaults to the recipe's last).
         data, stages: the built-in recipe's cells: data shapes (``mllm.bench.data.SHAPES``)
-            times stages (:data:`STAGES`).
-        variants: our side's data settings, keys of :data:`VARIANTS`.
+            times stages (:data:`mllm.bench.recipes.STAGES`).
+        variants: our side's data settings, keys of :data:`mllm.bench.recipes.VARIANTS`.
         cache_epochs: also time whole stage-1 runs of this many epochs on the captions with
             the feature cache off and ``auto`` (0: not; built-in recipe only).
         rounds: alternating rounds per side.
@@ -106,76 +86,6 @@ class BenchOptions:
     threads: int = 1
     json: Path | None = None
     llava_python: Path | None = None
-
-
-def _builtin_recipe(workdir: Path) -> Path:
-    """Write the tiny recipe (models made on first use) and return its path."""
-    from mllm.tiny import make_tiny_models
-
-    models = make_tiny_models(workdir / "models", **TINY)
-    recipe = {
-        "name": "bench",
-        "output_dir": str(workdir / "runs"),
-        "seed": 0,
-        "model": llava_model_section(models, attn_implementation="sdpa"),
-        "stages": {
-            name: {
-                "data": {"path": "set-by-bench.json", "template": "vicuna_v1"},
-                "train": {"vision": "frozen", "projector": "full", "llm": settings["llm"]},
-                "optim": {"lr": settings["lr"], "warmup_ratio": 0.0},
-                "global_batch_size": 16,
-                "micro_batch_size": 16,
-                "precision": "fp32",
-            }
-            for name, settings in STAGES.items()
-        },
-    }
-    path = workdir / "bench.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
-def _load(
-    options: BenchOptions,
-    path: Path,
-    variant: str,
-    mix,
-    stage: str,
-    template: str | None,
-    extra: tuple[str, ...] = (),
-) -> tuple:
-    """``(recipe, stage)``: the recipe with the bench's data, steps and the variant's settings
-    applied as overrides, so they are validated like any command-line override."""
-    from mllm.config import load_recipe
-
-    key = f"stages.{stage}"
-    bench = [
-        f"output_dir={options.workdir / 'runs' / mix.records.parent.name / variant}",
-        f"{key}.init_from=null",
-        f"{key}.data.path={mix.records}",
-        f"{key}.data.image_folder={mix.image_folder}",
-        f"{key}.data.max_length={options.max_length}",
-        f"{key}.data.num_workers={options.workers}",
-        f"{key}.data.on_bad_record=fail",
-        f"{key}.max_steps={options.warmup + options.steps}",
-        f"{key}.global_batch_size={options.batch_size}",
-        f"{key}.micro_batch_size={options.batch_size}",
-        f"{key}.save_every=null",
-        f"{key}.log_every=1",
-    ]
-    if template is not None:
-        bench.append(f"{key}.data.template={template}")
-    cache = options.workdir / "feature_cache" / mix.records.parent.name / stage
-    for name, value in VARIANTS.get(variant, VARIANTS["padded"]).items():
-        text = "null" if value is None else str(value).lower()
-        bench.append(f"{key}.data.{name}={text.format(cache=cache)}")
-    recipe = load_recipe(path, [*options.overrides, *bench, *extra])
-    if recipe.stages[stage].data.template == "plain" and mix.records.parent.name != "captions":
-        raise SystemExit(
-            f"{path}: stage {stage} uses the caption-only 'plain' template, but the length mix "
-            f"is multi-turn; pass {key}.data.template=vicuna_v1 (or the LLM's template)"
-        )
-    return recipe, stage
 
 
 def _run_baseline(recipe, stage: str, warmup: int):
@@ -304,7 +214,7 @@ def _cache_end_to_end(options: BenchOptions, path: Path, mix) -> str:
             "stages.align.data.packing=true",
             f"stages.align.data.feature_cache={cache}",
         )
-        sides[name] = _load(options, path, f"whole-{name}", mix, "align", "plain", extra)[0]
+        sides[name] = bench_recipe(options, path, f"whole-{name}", mix, "align", "plain", extra)[0]
     runs: dict[str, list] = {name: [] for name in sides}
     for round_index in range(options.rounds):
         names = list(sides) if round_index % 2 == 0 else list(reversed(sides))
@@ -320,7 +230,7 @@ def _bench_cell(options: BenchOptions, path: Path, mix, stage: str, template: st
     from mllm.bench.report import breakdown_table, training_table
 
     names = ["baseline", *options.variants]
-    recipes = {name: _load(options, path, name, mix, stage, template) for name in names}
+    recipes = {name: bench_recipe(options, path, name, mix, stage, template) for name in names}
     llava = None
     if options.llava_python is not None:
         from mllm.bench.original_llava import OriginalLlava
@@ -357,7 +267,7 @@ def run_bench(options: BenchOptions) -> int:
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     options.workdir.mkdir(parents=True, exist_ok=True)
-    path = Path(options.recipe) if options.recipe else _builtin_recipe(options.workdir)
+    path = Path(options.recipe) if options.recipe else builtin_recipe(options.workdir)
     shapes = {}
     for shape in dict.fromkeys([*options.data, "mix"] if options.recipe is None else ["mix"]):
         shapes[shape] = write_length_mix(

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mllm.bench import run
+from mllm.bench import recipes, run
 from mllm.bench.data import SHAPES
 
 
@@ -30,9 +30,11 @@ def parse_args(argv: list[str] | None) -> run.BenchOptions:
     parser.add_argument(
         "--data", nargs="+", choices=list(SHAPES), default=["captions", "mix"], help="data shapes"
     )
-    parser.add_argument("--stages", nargs="+", choices=list(run.STAGES), default=list(run.STAGES))
     parser.add_argument(
-        "--variants", nargs="+", choices=list(run.VARIANTS), default=["padded", "packed"]
+        "--stages", nargs="+", choices=list(recipes.STAGES), default=list(recipes.STAGES)
+    )
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(recipes.VARIANTS), default=["padded", "packed"]
     )
     parser.add_argument(
         "--cache-epochs",

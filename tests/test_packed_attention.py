@@ -7,6 +7,7 @@ Tiny LLMs are built from configs (fp32, no files); the families are those of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -17,8 +18,10 @@ from transformers import AutoModelForCausalLM
 from mllm.data.packing import PackingCollator
 from mllm.data.row_width import attention_crossover
 from mllm.data.tokenize import IGNORE_INDEX
+import mllm.models.packed_attention as packed_attention
 from mllm.models.packed_attention import (
     PACKED_SDPA,
+    dense_mask_skipped,
     segment_layout,
     use_packed_sdpa,
     uses_packed_sdpa,
@@ -87,10 +90,15 @@ def _padded(samples: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _run(llm, ids, **kwargs) -> tuple[list[torch.Tensor], dict, list[torch.Tensor]]:
     """Per sample: logits [len, vocab]; gradients of the trained parameters, and per sample
-    those of ``inputs_embeds`` [len, hidden], for a fixed weighting of the samples' logits."""
+    those of ``inputs_embeds`` [len, hidden], for a fixed weighting of the samples' logits.
+
+    A packed forward runs as ``MultimodalModel`` runs it, without the dense mask; the backward
+    (and so the recomputation of checkpointed layers) runs outside that block."""
     places = kwargs.pop("places")
     embeds = llm.get_input_embeddings()(ids).detach().requires_grad_(True)
-    logits = llm(inputs_embeds=embeds, use_cache=False, **kwargs).logits
+    packed = "packed_segments" in kwargs
+    with dense_mask_skipped() if packed else contextlib.nullcontext():
+        logits = llm(inputs_embeds=embeds, use_cache=False, **kwargs).logits
     per_sample = _spans(logits, places)
     generator = torch.Generator().manual_seed(2)
     loss = sum((x * torch.randn(x.shape, generator=generator)).sum() for x in per_sample)
@@ -162,6 +170,35 @@ def test_packed_rows_with_lora_or_checkpointing(setting):
     else:
         llm.gradient_checkpointing_enable()
     _assert_packed_equals_padded(llm.train())
+
+
+def test_packed_forward_builds_no_dense_mask(monkeypatch):
+    """Inside ``dense_mask_skipped`` transformers' mask function is never reached; outside it
+    (a padded batch) it is."""
+    calls = []
+    sdpa_mask = packed_attention.sdpa_mask
+
+    def counting_mask(*args, **kwargs):
+        calls.append(kwargs["attention_mask"])
+        return sdpa_mask(*args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "sdpa_mask", counting_mask)
+    llm = _llm("llama3")
+    ids, positions, _ = _packed(_samples())
+    with torch.no_grad(), dense_mask_skipped():
+        llm(input_ids=ids, position_ids=positions, packed_segments=segment_layout(positions))
+    assert calls == []
+    padded_ids, mask = _padded(_samples())
+    with torch.no_grad():
+        llm(input_ids=padded_ids, attention_mask=mask)
+    assert len(calls) == 1
+
+
+def test_a_packed_batch_without_its_layout_raises_instead_of_attending_across_samples():
+    llm = _llm("llama3")
+    ids, positions, _ = _packed(_samples())
+    with torch.no_grad(), dense_mask_skipped(), pytest.raises(RuntimeError, match="layout"):
+        llm(input_ids=ids, position_ids=positions, use_cache=False)
 
 
 def test_layout_places_every_token_once():

@@ -14,7 +14,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mllm.models.anyres import image_token_count, tiles_per_image
 from mllm.models.modality_adaptive import is_modality_adaptive, modality_positions
-from mllm.models.packed_attention import segment_layout, use_packed_sdpa, uses_packed_sdpa
+from mllm.models.packed_attention import (
+    dense_mask_skipped,
+    segment_layout,
+    use_packed_sdpa,
+    uses_packed_sdpa,
+)
 from mllm.models.projectors.base import Projector
 from mllm.models.vision.base import VisionTower
 
@@ -248,7 +253,8 @@ class MultimodalModel(nn.Module):
             keep = predicting_positions(labels)  # [K]
             llm_kwargs["logits_to_keep"] = keep
         # the modality mask of joined packed rows is joined the same way: [1, rows * width]
-        with self.modality_context(input_ids.reshape(inputs_embeds.shape[:2])):
+        skip_mask = dense_mask_skipped() if "packed_segments" in llm_kwargs else nullcontext()
+        with skip_mask, self.modality_context(input_ids.reshape(inputs_embeds.shape[:2])):
             output = self.llm(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,

@@ -22,6 +22,7 @@ header and refuses images over ``max_pixels`` before decoding them (decompressio
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,15 +93,22 @@ def resolve_image_path(folder: str | os.PathLike[str] | None, path: str) -> Path
     reason = unsafe_path_reason(path)
     if reason is not None:
         raise ImagePathError(reason)
-    root = Path(folder).resolve()
-    full = root / path
-    resolved = full.resolve()  # follows symlinks; a missing file resolves lexically
-    if not resolved.is_relative_to(root):
+    root = _real_folder(os.fspath(folder))
+    full = os.path.join(root, path)
+    resolved = os.path.realpath(full)  # follows symlinks; a missing file resolves lexically
+    if resolved != root and not resolved.startswith(root.rstrip(os.sep) + os.sep):
         raise ImagePathError(
-            f"image path {path!r} resolves to {str(resolved)!r}, outside the image folder "
-            f"{str(root)!r} (a symlink out?)"
+            f"image path {path!r} resolves to {resolved!r}, outside the image folder "
+            f"{root!r} (a symlink out?)"
         )
-    return full
+    return Path(full)
+
+
+@functools.lru_cache(maxsize=64)
+def _real_folder(folder: str) -> str:
+    """The image folder with its symlinks resolved, once per folder: ``pathlib``'s resolve of
+    folder and file was a fifth of a 64-px sample's loading time (string paths: no parsing)."""
+    return os.path.realpath(folder)
 
 
 @contextmanager

@@ -191,3 +191,22 @@ def parameter_groups(model: MultimodalModel, optim: OptimConfig) -> list[dict]:
         {"params": params, "lr": lr, "weight_decay": optim.weight_decay if decays else 0.0}
         for (lr, decays), params in groups.items()
     ]
+
+
+#: Devices where torch's fused AdamW runs (one kernel over all parameters, where the default
+#: for-each loop launches several per tensor).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def build_optimizer(groups: list[dict], optim: OptimConfig) -> torch.optim.AdamW:
+    """Torch's AdamW over ``groups``, fused where the parameters' device has the kernel.
+
+    The fused kernel computes what the per-tensor loop does; on the benchmark's stage 2 the
+    loop's step took 3 ms of a 60 ms step (``Optimizer.step``, 750 small ops). transformers'
+    Trainer also defaults to it (``adamw_torch_fused``).
+    """
+    devices = {param.device.type for group in groups for param in group["params"]}
+    fused = bool(devices) and devices <= set(FUSED_ADAMW_DEVICES)
+    return torch.optim.AdamW(
+        groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=fused or None
+    )

@@ -27,7 +27,7 @@ from mllm.training.sampler import (
     step_loader,
     total_optimizer_steps,
 )
-from mllm.training.stage import parameter_groups, set_modes
+from mllm.training.stage import build_optimizer, parameter_groups, set_modes
 from mllm.training.stage_outputs import StageOutputs
 from mllm.training.summary import RunSummary, RunTotals, summarise
 from mllm.training.timing import NullTimer
@@ -93,7 +93,7 @@ class Trainer:
         groups = parameter_groups(built.model, optim)
         optimizer = None
         if not offloads_optimizer(ds_config):
-            optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+            optimizer = build_optimizer(groups, optim)
         warmup = math.ceil(optim.warmup_ratio * self.total_steps)
 
         def make_scheduler(opt):

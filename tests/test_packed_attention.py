@@ -15,10 +15,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+import mllm.models.packed_attention as packed_attention
 from mllm.data.packing import PackingCollator
 from mllm.data.row_width import attention_crossover
 from mllm.data.tokenize import IGNORE_INDEX
-import mllm.models.packed_attention as packed_attention
 from mllm.models.packed_attention import (
     PACKED_SDPA,
     dense_mask_skipped,

@@ -18,7 +18,7 @@ from mllm.errors import UsageError
 from mllm.models import build_model
 from mllm.training.metrics import read_metrics
 from mllm.training.setup import enable_gradient_checkpointing, resolve_init_from
-from mllm.training.stage import apply_stage, parameter_groups
+from mllm.training.stage import apply_stage, build_optimizer, parameter_groups
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,38 @@ def test_projector_lr_gets_its_own_group(ws, tmp_path):
         in_projector = {id(p) in projector_ids for p in group["params"]}
         assert len(in_projector) == 1
         assert group["lr"] == (1e-3 if in_projector.pop() else 2e-5)
+
+
+def test_optimizer_is_fused_adamw_with_the_loops_steps(ws, tmp_path):
+    """The stage's AdamW runs torch's fused kernel on CPU and steps as the per-tensor loop
+    does, per group (learning rate, weight decay)."""
+    raw = tiny_recipe(ws, tmp_path, instruct={"optim": {"lr": 1e-2, "projector_lr": 3e-2}})
+    recipe = validate_recipe(raw, "test")
+    optim = recipe.stages["instruct"].optim
+    built = build_model(recipe.model, special_tokens=special_tokens_for(recipe))
+    apply_stage(built.model, recipe.stages["instruct"].train)
+    groups = parameter_groups(built.model, optim)
+    fused = build_optimizer(groups, optim)
+    assert fused.defaults["fused"] is True
+    copies = {id(p): p.detach().clone().requires_grad_(True) for g in groups for p in g["params"]}
+    loop = torch.optim.AdamW(
+        [{**g, "params": [copies[id(p)] for p in g["params"]]} for g in groups],
+        lr=optim.lr,
+        betas=optim.betas,
+        eps=optim.eps,
+        foreach=False,
+    )
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for group in groups:
+            for param in group["params"]:
+                grad = torch.randn(param.shape, generator=generator)
+                param.grad, copies[id(param)].grad = grad, grad.clone()
+        fused.step()
+        loop.step()
+    for group in groups:
+        for param in group["params"]:
+            torch.testing.assert_close(param.detach(), copies[id(param)].detach())
 
 
 def _last_block_recipe(ws, tmp_path, **optim):

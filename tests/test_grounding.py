@@ -160,6 +160,29 @@ def test_one_conversation_per_image(tmp_path):
     ]
 
 
+def test_one_conversation_per_image_and_task(tmp_path):
+    """With two tasks an image gets a conversation per task: in one, the second ``refer``
+    answer would be the box an earlier ``identify`` question already gave."""
+    refs = [
+        {"bbox": [0, 0, 64, 64], "sentences": ["a"]},
+        {"bbox": [64, 0, 64, 64], "sentences": ["b"]},
+    ]
+    source = write_refs(
+        tmp_path, [{"id": "x", "image": "x.png", "width": 128, "height": 64, "refs": refs}]
+    )
+    refer, identify = convert_grounding(
+        source, tasks=("refer", "identify"), seed=None, per_image=True
+    )
+    assert (refer["id"], identify["id"]) == ("x-refer", "x-identify")
+    assert [turn["value"] for turn in refer["conversations"][1::2]] == [
+        "{<0><0><50><100>}",
+        "{<50><0><100><100>}",
+    ]
+    questions = [turn["value"] for turn in identify["conversations"][::2]]
+    assert questions[0].startswith("<image>\n[identify] ") and "[refer]" not in "".join(questions)
+    assert [turn["value"] for turn in identify["conversations"][1::2]] == ["a", "b"]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

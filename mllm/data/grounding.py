@@ -162,8 +162,10 @@ def convert_grounding(
         source: the grounding file.
         tasks: which of :data:`GROUNDING_TASKS` to write, each for every (ref, sentence).
         seed: seeds the phrasing draw; None keeps MiniGPT-v2's evaluation phrasing throughout.
-        per_image: one multi-turn record per image (:func:`as_one_conversation`) instead of
-            one single-turn record per question, as MiniGPT-v2 samples them.
+        per_image: one multi-turn record per image and task (:func:`as_one_conversation`)
+            instead of one single-turn record per question, as MiniGPT-v2 samples them. Tasks
+            get records of their own: in one conversation a ``refer`` answer could be copied
+            from an earlier ``identify`` question about the same box, and the reverse.
 
     Raises:
         DataError: see :func:`convert_record`; also an unknown task or an unreadable file.
@@ -175,10 +177,16 @@ def convert_grounding(
     records = read_records(source)
     out: list[dict] = []
     for index, record in enumerate(records):
-        converted = convert_record(record, f"{source}: record {index}", tasks=tasks, rng=rng)
-        if per_image and converted:
-            converted = [as_one_conversation(converted, str(record.get("id", index)))]
-        out += converted
+        where = f"{source}: record {index}"
+        if not per_image:
+            out += convert_record(record, where, tasks=tasks, rng=rng)
+            continue
+        record_id = str(record.get("id", index)) if isinstance(record, Mapping) else str(index)
+        for task in tasks:
+            converted = convert_record(record, where, tasks=(task,), rng=rng)
+            if converted:
+                task_id = record_id if len(tasks) == 1 else f"{record_id}-{task}"
+                out.append(as_one_conversation(converted, task_id))
     return out
 
 
@@ -192,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="LLaVA records (.json)")
     parser.add_argument("--tasks", nargs="+", default=["refer"], choices=list(PHRASINGS))
     parser.add_argument("--seed", type=int, default=0, help="phrasing draw")
-    parser.add_argument("--per-image", action="store_true", help="one multi-turn record per image")
+    parser.add_argument(
+        "--per-image", action="store_true", help="one multi-turn record per image and task"
+    )
     args = parser.parse_args(argv)
     try:
         records = convert_grounding(

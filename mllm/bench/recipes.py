@@ -14,16 +14,21 @@ from mllm.bench.model_section import llava_model_section
 if TYPE_CHECKING:
     from mllm.bench.run import BenchOptions
 
-#: Data settings of each variant of our side; ``{cache}`` is a feature cache of the frozen
-#: tower, built once before the rounds (its build time is printed, not in the steps).
-#: Every other variant runs the tower (``feature_cache: null``).
+#: Stage settings of each variant of our side, as keys under ``stages.S``; ``{cache}`` is a
+#: feature cache of the frozen tower, built once before the rounds (its build time is printed,
+#: not in the steps). Every variant without a cache runs the tower (``feature_cache: null``).
+#: ``compile`` variants pay their first compile in the warm-up steps; ``scripts/bench.py
+#: --compile`` reports that cost and when it is paid back.
+_NO_CACHE = {"data.feature_cache": None}
+_CACHED = {"data.packing": True, "data.group_by": "none", "data.feature_cache": "{cache}"}
 VARIANTS: dict[str, dict[str, object]] = {
-    "padded": {"packing": False, "group_by": "none", "feature_cache": None},
-    "grouped": {"packing": False, "group_by": "modality_length", "feature_cache": None},
-    "packed": {"packing": True, "group_by": "none", "feature_cache": None},
-    "packed+grouped": {"packing": True, "group_by": "modality_length", "feature_cache": None},
-    "auto": {"packing": "auto", "group_by": "none", "feature_cache": None},
-    "cached": {"packing": True, "group_by": "none", "feature_cache": "{cache}"},
+    "padded": {"data.packing": False, "data.group_by": "none", **_NO_CACHE},
+    "grouped": {"data.packing": False, "data.group_by": "modality_length", **_NO_CACHE},
+    "packed": {"data.packing": True, "data.group_by": "none", **_NO_CACHE},
+    "packed+grouped": {"data.packing": True, "data.group_by": "modality_length", **_NO_CACHE},
+    "auto": {"data.packing": "auto", "data.group_by": "none", **_NO_CACHE},
+    "cached": _CACHED,
+    "cached+compiled": {**_CACHED, "compile": True},
 }
 #: Tiny model sizes of the built-in recipe (64 image tokens per image).
 TINY = {"image_size": 64, "patch_size": 8, "llm_hidden": 128, "llm_layers": 2}
@@ -94,7 +99,7 @@ def bench_recipe(
     cache = options.workdir / "feature_cache" / mix.records.parent.name / stage
     for name, value in VARIANTS.get(variant, VARIANTS["padded"]).items():
         text = "null" if value is None else str(value).lower()
-        bench.append(f"{key}.data.{name}={text.format(cache=cache)}")
+        bench.append(f"{key}.{name}={text.format(cache=cache)}")
     recipe = load_recipe(path, [*options.overrides, *bench, *extra])
     if recipe.stages[stage].data.template == "plain" and mix.records.parent.name != "captions":
         raise SystemExit(

@@ -1,5 +1,5 @@
 """What the benchmark trains: the built-in tiny recipe (models, stages) and each variant's
-data settings, applied to a recipe as command-line overrides so they are validated like any
+stage settings, applied to a recipe as command-line overrides so they are validated like any
 other (``mllm.bench.run`` runs them)."""
 
 from __future__ import annotations

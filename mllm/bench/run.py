@@ -51,7 +51,7 @@ class BenchOptions:
             mix (default: the built-in tiny recipe; the stage defaults to the recipe's last).
         data, stages: the built-in recipe's cells: data shapes (``mllm.bench.data.SHAPES``)
             times stages (:data:`mllm.bench.recipes.STAGES`).
-        variants: our side's data settings, keys of :data:`mllm.bench.recipes.VARIANTS`.
+        variants: our side's stage settings, keys of :data:`mllm.bench.recipes.VARIANTS`.
         cache_epochs: also time whole stage-1 runs of this many epochs on the captions with
             the feature cache off and ``auto`` (0: not; built-in recipe only).
         rounds: alternating rounds per side.

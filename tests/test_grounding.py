@@ -142,38 +142,60 @@ def test_refcoco_style_refs_become_llava_records(tmp_path):
     assert all(value.startswith("<image>\n[refer] ") for value in drawn)
 
 
-def test_one_conversation_per_image(tmp_path):
+def _two_shapes(tmp_path):
     refs = [
         {"bbox": [0, 0, 64, 64], "sentences": ["a"]},
         {"bbox": [64, 0, 64, 64], "sentences": ["b"]},
     ]
-    source = write_refs(
+    return write_refs(
         tmp_path, [{"id": "x", "image": "x.png", "width": 128, "height": 64, "refs": refs}]
     )
-    (record,) = convert_grounding(source, seed=None, per_image=True)
-    assert record["id"] == "x" and record["image"] == "x.png"
-    assert record["conversations"] == [
+
+
+def test_per_image_conversations_are_each_opened_by_one_question(tmp_path):
+    """Every question opens one conversation: the question asked last could be answered by
+    elimination (the box not given yet), and an evaluation always asks it first."""
+    first, second = convert_grounding(_two_shapes(tmp_path), seed=None, per_image=True)
+    assert (first["id"], second["id"]) == ("x-0", "x-1")
+    assert first["image"] == second["image"] == "x.png"
+    assert first["conversations"] == [
         {"from": "human", "value": "<image>\n[refer] give me the location of a"},
         {"from": "gpt", "value": "{<0><0><50><100>}"},
         {"from": "human", "value": "[refer] give me the location of b"},
         {"from": "gpt", "value": "{<50><0><100><100>}"},
     ]
-
-
-def test_one_conversation_per_image_and_task(tmp_path):
-    """With two tasks an image gets a conversation per task: in one, the second ``refer``
-    answer would be the box an earlier ``identify`` question already gave."""
-    refs = [
-        {"bbox": [0, 0, 64, 64], "sentences": ["a"]},
-        {"bbox": [64, 0, 64, 64], "sentences": ["b"]},
+    assert [turn["value"] for turn in second["conversations"]] == [
+        "<image>\n[refer] give me the location of b",
+        "{<50><0><100><100>}",
+        "[refer] give me the location of a",
+        "{<0><0><50><100>}",
     ]
+
+
+def test_per_image_max_turns_and_drawn_order(tmp_path):
+    refs = [{"bbox": [8 * k, 0, 8, 8], "sentences": [f"shape {k}"]} for k in range(5)]
     source = write_refs(
-        tmp_path, [{"id": "x", "image": "x.png", "width": 128, "height": 64, "refs": refs}]
+        tmp_path, [{"id": "y", "image": "y.png", "width": 64, "height": 64, "refs": refs}]
     )
-    refer, identify = convert_grounding(
-        source, tasks=("refer", "identify"), seed=None, per_image=True
+    records = convert_grounding(source, seed=1, per_image=True, max_turns=3)
+    assert len(records) == 5 and all(len(r["conversations"]) == 6 for r in records)
+    for lead, record in enumerate(records):
+        questions = [turn["value"] for turn in record["conversations"][::2]]
+        assert questions[0].startswith("<image>\n[refer] ") and f"shape {lead}" in questions[0]
+        assert len({q.rsplit(" ", 1)[-1] for q in questions}) == 3  # no question twice
+    assert records == convert_grounding(source, seed=1, per_image=True, max_turns=3)
+    with pytest.raises(DataError, match="max_turns must be at least 1"):
+        convert_grounding(source, per_image=True, max_turns=0)
+
+
+def test_per_image_conversations_per_task(tmp_path):
+    """With two tasks an image gets conversations per task: in one, the second ``refer``
+    answer would be the box an earlier ``identify`` question already gave."""
+    records = convert_grounding(
+        _two_shapes(tmp_path), tasks=("refer", "identify"), seed=None, per_image=True
     )
-    assert (refer["id"], identify["id"]) == ("x-refer", "x-identify")
+    assert [r["id"] for r in records] == ["x-refer-0", "x-refer-1", "x-identify-0", "x-identify-1"]
+    refer, identify = records[0], records[2]
     assert [turn["value"] for turn in refer["conversations"][1::2]] == [
         "{<0><0><50><100>}",
         "{<50><0><100><100>}",
@@ -218,8 +240,11 @@ def test_demo_grounding_split_boxes_hold_exactly_the_named_shape(tmp_path):
     dataset = make_grounding_dataset(tmp_path, num_train=6, num_test=3, image_size=64, seed=1)
     records = json.loads(dataset.train_json.read_text())
     refs = [json.loads(line) for line in dataset.refs.read_text().splitlines()]
-    assert len(records) == len(refs) == 6  # one conversation per image, a turn per shape
-    assert [len(r["conversations"]) for r in records] == [2 * len(r["refs"]) for r in refs]
+    # a conversation per shape, opened by its question, with a turn for every shape
+    assert len(refs) == 6
+    assert [len(r["conversations"]) for r in records] == [
+        2 * len(r["refs"]) for r in refs for _ in r["refs"]
+    ]
     checked = 0
     for source in refs:
         pixels = np.asarray(Image.open(dataset.image_folder / source["image"]))
@@ -252,5 +277,8 @@ def test_demo_data_writes_the_grounding_split_on_request(tmp_path, capsys):
     assert not (tmp_path / "grounding").exists()
     assert main([*args, "--num-grounding", "3"]) == 0
     assert (tmp_path / "grounding" / "test" / "refcoco_val.json").is_file()
-    assert len(json.loads((tmp_path / "grounding" / "train.json").read_text())) == 3
+    refs = (tmp_path / "grounding" / "refs_train.jsonl").read_text().splitlines()
+    shapes = sum(len(json.loads(line)["refs"]) for line in refs)
+    assert len(refs) == 3
+    assert len(json.loads((tmp_path / "grounding" / "train.json").read_text())) == shapes
     assert "grounding.train_json" in capsys.readouterr().out

@@ -155,6 +155,7 @@ def convert_grounding(
     tasks: Sequence[str] = ("refer",),
     seed: int | None = 0,
     per_image: bool = False,
+    max_turns: int | None = None,
 ) -> list[dict]:
     """Every record of a grounding file (``.json`` list or ``.jsonl``) as LLaVA records.
 
@@ -162,14 +163,23 @@ def convert_grounding(
         source: the grounding file.
         tasks: which of :data:`GROUNDING_TASKS` to write, each for every (ref, sentence).
         seed: seeds the phrasing draw; None keeps MiniGPT-v2's evaluation phrasing throughout.
-        per_image: one multi-turn record per image and task (:func:`as_one_conversation`)
-            instead of one single-turn record per question, as MiniGPT-v2 samples them. Tasks
-            get records of their own: in one conversation a ``refer`` answer could be copied
-            from an earlier ``identify`` question about the same box, and the reverse.
+        per_image: multi-turn records of one image and task (:func:`as_one_conversation`)
+            instead of one single-turn record per question, as MiniGPT-v2 samples them: one
+            per question, which opens it, followed by the image's other questions of the
+            task in a drawn order (``max_turns`` in all). Each question thus opens a
+            conversation once: a later turn can be answered by elimination (the box no earlier
+            turn gave), and a question only ever asked late is never learned the way an
+            evaluation asks it, as a first question. Tasks get records of their own: in one
+            conversation a ``refer`` answer could be copied from an earlier ``identify``
+            question about the same box, and the reverse.
+        max_turns: the most questions in a ``per_image`` record (None: all of the image's);
+            an image of n questions costs n records of up to ``max_turns`` turns.
 
     Raises:
         DataError: see :func:`convert_record`; also an unknown task or an unreadable file.
     """
+    if max_turns is not None and max_turns < 1:
+        raise DataError(f"max_turns must be at least 1, got {max_turns}")
     unknown = [task for task in tasks if task not in PHRASINGS]
     if unknown or not tasks:
         raise DataError(f"grounding tasks {list(tasks)}: choose from {', '.join(PHRASINGS)}")
@@ -181,12 +191,16 @@ def convert_grounding(
         if not per_image:
             out += convert_record(record, where, tasks=tasks, rng=rng)
             continue
+        record_id = str(record.get("id", index))
         for task in tasks:
             converted = convert_record(record, where, tasks=(task,), rng=rng)  # validates it
-            if converted:
-                record_id = str(record.get("id", index))
-                task_id = record_id if len(tasks) == 1 else f"{record_id}-{task}"
-                out.append(as_one_conversation(converted, task_id))
+            task_id = record_id if len(tasks) == 1 else f"{record_id}-{task}"
+            for lead, first in enumerate(converted):
+                others = converted[:lead] + converted[lead + 1 :]
+                if rng is not None:
+                    rng.shuffle(others)
+                turns = [first, *others][:max_turns]
+                out.append(as_one_conversation(turns, f"{task_id}-{lead}"))
     return out
 
 
@@ -201,12 +215,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=["refer"], choices=list(PHRASINGS))
     parser.add_argument("--seed", type=int, default=0, help="phrasing draw")
     parser.add_argument(
-        "--per-image", action="store_true", help="one multi-turn record per image and task"
+        "--per-image",
+        action="store_true",
+        help="multi-turn records per image and task, one opened by each question",
+    )
+    parser.add_argument(
+        "--max-turns", type=int, default=None, help="most questions in a --per-image record"
     )
     args = parser.parse_args(argv)
     try:
         records = convert_grounding(
-            args.source, tasks=args.tasks, seed=args.seed, per_image=args.per_image
+            args.source,
+            tasks=args.tasks,
+            seed=args.seed,
+            per_image=args.per_image,
+            max_turns=args.max_turns,
         )
     except (DataError, OSError) as err:
         parser.exit(2, f"error: {err}\n")

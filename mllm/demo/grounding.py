@@ -7,8 +7,9 @@ MiniGPT-v2 writes it, ``{<x1><y1><x2><y2>}`` on a 0-100 grid. Writes, under ``OU
 
     images/train/NNNNNN.png, test/images/NNNNNN.png
     refs_train.jsonl     the training images in the grounding format (mllm.data.grounding)
-    train.json           the same converted to LLaVA records, one per image with a turn per
-                         shape: "[refer] give me the location of the red star" ->
+    train.json           the same converted to LLaVA records: per image, a conversation
+                         opened by each shape's question with a turn for every shape:
+                         "[refer] give me the location of the red star" ->
                          "{<55><12><83><40>}" (template minigpt_v2)
     test/refcoco_val.json  held-out expressions in MiniGPT-v2's RefCOCO evaluation format, so
                          ``mllm eval --benchmark refcoco --data-root OUT_DIR/test`` scores them
@@ -117,7 +118,8 @@ def make_grounding_dataset(
 
     Args:
         out_dir: Folder to write (files of the same names are overwritten).
-        num_train: Training images; each gives one record with a ``[refer]`` turn per shape.
+        num_train: Training images; each gives a record per shape, opened by that shape's
+            ``[refer]`` question, with a turn per shape.
         num_test: Held-out images; each gives one question per shape.
         image_size: Square image side in pixels (the tower's processor resizes).
         seed: Seeds the training images; the test split uses a derived seed.

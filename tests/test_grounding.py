@@ -184,8 +184,10 @@ def test_per_image_max_turns_and_drawn_order(tmp_path):
         assert questions[0].startswith("<image>\n[refer] ") and f"shape {lead}" in questions[0]
         assert len({q.rsplit(" ", 1)[-1] for q in questions}) == 3  # no question twice
     assert records == convert_grounding(source, seed=1, per_image=True, max_turns=3)
-    with pytest.raises(DataError, match="max_turns must be at least 1"):
+    with pytest.raises(DataError, match="max_turns"):
         convert_grounding(source, per_image=True, max_turns=0)
+    with pytest.raises(DataError, match="needs per_image"):
+        convert_grounding(source, max_turns=2)
 
 
 def test_per_image_conversations_per_task(tmp_path):

@@ -178,8 +178,8 @@ def convert_grounding(
     Raises:
         DataError: see :func:`convert_record`; also an unknown task or an unreadable file.
     """
-    if max_turns is not None and max_turns < 1:
-        raise DataError(f"max_turns must be at least 1, got {max_turns}")
+    if max_turns is not None and (max_turns < 1 or not per_image):
+        raise DataError(f"max_turns ({max_turns}) needs per_image records and must be >= 1")
     unknown = [task for task in tasks if task not in PHRASINGS]
     if unknown or not tasks:
         raise DataError(f"grounding tasks {list(tasks)}: choose from {', '.join(PHRASINGS)}")

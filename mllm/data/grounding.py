@@ -191,9 +191,9 @@ def convert_grounding(
         if not per_image:
             out += convert_record(record, where, tasks=tasks, rng=rng)
             continue
-        record_id = str(record.get("id", index))
         for task in tasks:
             converted = convert_record(record, where, tasks=(task,), rng=rng)  # validates it
+            record_id = str(record.get("id", index))
             task_id = record_id if len(tasks) == 1 else f"{record_id}-{task}"
             for lead, first in enumerate(converted):
                 others = converted[:lead] + converted[lead + 1 :]

@@ -284,3 +284,10 @@ def test_demo_data_writes_the_grounding_split_on_request(tmp_path, capsys):
     assert len(refs) == 3
     assert len(json.loads((tmp_path / "grounding" / "train.json").read_text())) == shapes
     assert "grounding.train_json" in capsys.readouterr().out
+
+
+def test_per_image_names_a_record_that_is_not_an_object(tmp_path):
+    source = tmp_path / "refs.json"
+    source.write_text("[5]")
+    with pytest.raises(DataError, match="record 0 is a int, not an object"):
+        convert_grounding(source, per_image=True)

@@ -242,11 +242,10 @@ def test_demo_grounding_split_boxes_hold_exactly_the_named_shape(tmp_path):
     dataset = make_grounding_dataset(tmp_path, num_train=6, num_test=3, image_size=64, seed=1)
     records = json.loads(dataset.train_json.read_text())
     refs = [json.loads(line) for line in dataset.refs.read_text().splitlines()]
-    # a conversation per shape, opened by its question, with a turn for every shape
+    # MiniGPT-v2's sampling: a single-turn record per expression, in the refs' order
     assert len(refs) == 6
-    assert [len(r["conversations"]) for r in records] == [
-        2 * len(r["refs"]) for r in refs for _ in r["refs"]
-    ]
+    assert [r["image"] for r in records] == [r["image"] for r in refs for _ in r["refs"]]
+    assert all(len(r["conversations"]) == 2 for r in records)
     checked = 0
     for source in refs:
         pixels = np.asarray(Image.open(dataset.image_folder / source["image"]))
@@ -260,10 +259,12 @@ def test_demo_grounding_split_boxes_hold_exactly_the_named_shape(tmp_path):
             # Every pixel of that colour lies in its box, and touches each of its edges.
             assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
     assert checked >= 10
-    turns = records[0]["conversations"]
-    assert turns[0]["value"].startswith("<image>\n[refer] ")
-    assert all(turn["value"].startswith("[refer] ") for turn in turns[2::2])
-    assert all(parse_box(turn["value"]) is not None for turn in turns[1::2])
+    expressions = [ref["sentences"][0] for r in refs for ref in r["refs"]]
+    boxes = [ref["bbox"] for r in refs for ref in r["refs"]]
+    for record, expression, box in zip(records, expressions, boxes, strict=True):
+        question, answer = (turn["value"] for turn in record["conversations"])
+        assert question.startswith("<image>\n[refer] ") and expression in question
+        assert answer == format_box(box_from_xywh(box, 64, 64))
     test = json.loads((dataset.test_root / "refcoco_val.json").read_text())
     assert {"img_id", "sents", "bbox", "height", "width", "image"} <= set(test[0])
     assert all((dataset.test_root / item["image"]).is_file() for item in test)

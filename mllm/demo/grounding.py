@@ -7,8 +7,8 @@ MiniGPT-v2 writes it, ``{<x1><y1><x2><y2>}`` on a 0-100 grid. Writes, under ``OU
 
     images/train/NNNNNN.png, test/images/NNNNNN.png
     refs_train.jsonl     the training images in the grounding format (mllm.data.grounding)
-    train.json           the same converted to LLaVA records: per image, a conversation
-                         opened by each shape's question with a turn for every shape:
+    train.json           the same converted to LLaVA records as MiniGPT-v2 samples them, a
+                         single-turn record per expression:
                          "[refer] give me the location of the red star" ->
                          "{<55><12><83><40>}" (template minigpt_v2)
     test/refcoco_val.json  held-out expressions in MiniGPT-v2's RefCOCO evaluation format, so
@@ -118,8 +118,8 @@ def make_grounding_dataset(
 
     Args:
         out_dir: Folder to write (files of the same names are overwritten).
-        num_train: Training images; each gives a record per shape, opened by that shape's
-            ``[refer]`` question, with a turn per shape.
+        num_train: Training images; each gives a single-turn ``[refer]`` record per shape
+            (MiniGPT-v2's sampling; it grounds far better than a conversation per image).
         num_test: Held-out images; each gives one question per shape.
         image_size: Square image side in pixels (the tower's processor resizes).
         seed: Seeds the training images; the test split uses a derived seed.
@@ -159,7 +159,7 @@ def make_grounding_dataset(
         test_root=test_root,
     )
     dataset.refs.write_text("".join(json.dumps(record) + "\n" for record in refs))
-    records = convert_grounding(dataset.refs, tasks=("refer",), seed=seed, per_image=True)
+    records = convert_grounding(dataset.refs, tasks=("refer",), seed=seed)
     dataset.train_json.write_text(json.dumps(records, indent=1) + "\n")
 
     test_rng = random.Random(f"grounding-test-{seed}")
